@@ -1,0 +1,88 @@
+"""The selection service's settings: one pydantic-settings class, environment prefix GRACE_.
+
+Every field can also be set by a `grace serve` flag; flags win over the environment.
+docker-compose and `.env.example` are written from these names, so keep them stable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class InsecureBindError(ValueError):
+    """Binding to a non-loopback address without a token: the service refuses to start."""
+
+
+class ServiceSettings(BaseSettings):
+    """How one selection-service process runs; read once at start."""
+
+    model_config = SettingsConfigDict(env_prefix="GRACE_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to bind; non-loopback needs a token")
+    port: int = Field(8765, ge=0, le=65535)
+    store: str = Field(
+        "",
+        description='"" or "local": files in data_dir; "redis://host:port/db": a Redis server',
+    )
+    data_dir: Path = Field(Path("./var/grace"), description="local store and index snapshots")
+    token: SecretStr | None = Field(None, description="bearer token for writes (and reads)")
+    reads_require_token: bool = Field(False, description="also require the token for reads")
+    max_body_bytes: int = Field(512 * MIB, gt=0, description="largest request body accepted")
+    index: Literal["hnsw", "brute"] = Field("hnsw", description="k-NN index implementation")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "local") or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError(
+            f'GRACE_STORE={value!r} is not understood; use "" or "local" for the embedded '
+            'file store, or a URL such as "redis://127.0.0.1:6379/0"'
+        )
+
+    @field_validator("token")
+    @classmethod
+    def _drop_empty_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty GRACE_TOKEN= line in an env file means "no token", not "the empty token".
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.store not in ("", "local")
+
+    def check_bind_safety(self) -> None:
+        """Refuse a non-loopback bind without a token: the demo may be open on loopback only."""
+        if self.token is None and not is_loopback(self.host):
+            raise InsecureBindError(
+                f"refusing to bind {self.host}:{self.port} without a token: anyone who can reach "
+                "this address could write to the service. Set GRACE_TOKEN (and send "
+                "'Authorization: Bearer <token>'), or bind to 127.0.0.1 with --host 127.0.0.1."
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost names and 127.0.0.0/8 or ::1; "0.0.0.0" and "" are not loopback."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
