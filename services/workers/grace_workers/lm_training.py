@@ -7,7 +7,7 @@ evaluated by the same code; only where the sample ids come from differs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +27,20 @@ class TokenSource(Protocol):
 
 
 class LanguageModel(Protocol):
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
+    """The scoring contract of `grace_workers.scoring.CausalLM`: logits = output_layer(hidden)."""
+
+    @property
+    def output_layer(self) -> nn.Linear: ...
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
+
+
+class TrainableLM(LanguageModel, Protocol):
+    def train(self, mode: bool = True) -> nn.Module: ...
+
+    def eval(self) -> nn.Module: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
 def collate(
@@ -46,7 +59,7 @@ def collate(
 
 def token_losses(model: LanguageModel, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """(losses (B, T-1), target mask (B, T-1)): next-token cross-entropy, zero on padding."""
-    logits = model(input_ids, mask)  # (B, T, V)
+    logits = model.output_layer(model.hidden_states(input_ids, mask))  # (B, T, V)
     targets = input_ids[:, 1:]  # (B, T-1)
     target_mask = (mask[:, :-1] * mask[:, 1:]).to(logits.dtype)  # (B, T-1)
     losses = F.cross_entropy(
@@ -56,7 +69,7 @@ def token_losses(model: LanguageModel, input_ids: Tensor, mask: Tensor) -> tuple
 
 
 def train_step(
-    model: nn.Module,
+    model: TrainableLM,
     optimizer: torch.optim.Optimizer,
     input_ids: Tensor,
     mask: Tensor,
@@ -94,7 +107,7 @@ class Perplexity:
 
 @torch.no_grad()
 def evaluate_perplexity(
-    model: nn.Module,
+    model: TrainableLM,
     source: TokenSource,
     strata: npt.NDArray[np.integer],
     names: Sequence[str],
@@ -120,7 +133,7 @@ def evaluate_perplexity(
     return Perplexity(overall, by_stratum)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+def make_optimizer(model: TrainableLM, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95)
     )
