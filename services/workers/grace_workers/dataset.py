@@ -1,0 +1,196 @@
+"""The on-disk format of a tokenized dataset, addressable by sample id (docs/dataset-format.md).
+
+A dataset is a directory:
+
+    meta.json         {"format": "grace-tokens/1", "n_samples", "n_tokens", "token_dtype", ...}
+    tokens.npy        (n_tokens,) uint16 or uint32: every sample's tokens, one after another
+    offsets.npy       (n_samples + 1,) int64: sample i is tokens[offsets[i]:offsets[i + 1]]
+    source_lines.npy  (n_samples,) int64: the 0-based JSONL line each sample came from
+    strata.npy        (n_samples,) int32, optional: a stratum tag per sample
+    tokenizer.json    optional: the tokenizer that produced the tokens
+
+Plain `.npy` files memory-map (`np.load(mmap_mode="r")`), so a worker opens a 10 GB dataset
+in milliseconds and reads only the samples it scores. A directory is written into a temporary
+sibling and renamed into place, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FORMAT = "grace-tokens/1"
+META_FILE = "meta.json"
+TOKENS_FILE = "tokens.npy"
+OFFSETS_FILE = "offsets.npy"
+SOURCE_LINES_FILE = "source_lines.npy"
+STRATA_FILE = "strata.npy"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class DatasetFormatError(ValueError):
+    """A dataset directory is malformed; the message names the file and the fix."""
+
+
+def token_dtype_for(vocab_size: int) -> np.dtype[Any]:
+    """uint16 while every id fits (half the bytes of uint32), else uint32."""
+    if vocab_size < 1:
+        raise DatasetFormatError(f"vocab_size: must be >= 1, got {vocab_size}")
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenDataset:
+    """A read-only, memory-mapped dataset; `tokens(i)` is sample i's token ids."""
+
+    path: Path
+    meta: Mapping[str, Any]
+    token_array: npt.NDArray[np.unsignedinteger[Any]]
+    offsets: npt.NDArray[np.int64]
+    source_lines: npt.NDArray[np.int64]
+    strata: npt.NDArray[np.int32] | None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> TokenDataset:
+        root = Path(path)
+        meta_path = root / META_FILE
+        if not meta_path.is_file():
+            raise DatasetFormatError(
+                f"{root}: no {META_FILE}; build a dataset with `grace build-dataset` "
+                "(see docs/dataset-format.md)"
+            )
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise DatasetFormatError(
+                f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}; rebuild it"
+            )
+        tokens = np.load(root / TOKENS_FILE, mmap_mode="r")
+        offsets = np.load(root / OFFSETS_FILE, mmap_mode="r")
+        lines = np.load(root / SOURCE_LINES_FILE, mmap_mode="r")
+        strata = (
+            np.load(root / STRATA_FILE, mmap_mode="r") if (root / STRATA_FILE).exists() else None
+        )
+        dataset = cls(root, meta, tokens, offsets, lines, strata)
+        dataset.check()
+        return dataset
+
+    def check(self) -> None:
+        """Cheap structural checks (O(N) over offsets, never over tokens)."""
+        n = int(self.meta["n_samples"])
+        where = str(self.path)
+        if self.token_array.ndim != 1 or self.token_array.dtype.str != self.meta["token_dtype"]:
+            raise DatasetFormatError(
+                f"{where}/{TOKENS_FILE}: expected 1-D {self.meta['token_dtype']}, "
+                f"got {self.token_array.dtype.str} with shape {self.token_array.shape}"
+            )
+        if self.offsets.shape != (n + 1,) or self.offsets.dtype != np.dtype("<i8"):
+            raise DatasetFormatError(
+                f"{where}/{OFFSETS_FILE}: expected int64 of shape ({n + 1},), "
+                f"got {self.offsets.dtype} {self.offsets.shape}"
+            )
+        if self.offsets[0] != 0 or self.offsets[-1] != self.token_array.shape[0]:
+            raise DatasetFormatError(
+                f"{where}/{OFFSETS_FILE}: must start at 0 and end at the token count "
+                f"{self.token_array.shape[0]}, got {self.offsets[0]}..{self.offsets[-1]}"
+            )
+        if n and bool((np.diff(self.offsets) < 0).any()):
+            raise DatasetFormatError(f"{where}/{OFFSETS_FILE}: offsets must be non-decreasing")
+        if self.source_lines.shape != (n,):
+            raise DatasetFormatError(f"{where}/{SOURCE_LINES_FILE}: expected shape ({n},)")
+        if self.strata is not None and self.strata.shape != (n,):
+            raise DatasetFormatError(f"{where}/{STRATA_FILE}: expected shape ({n},)")
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """(N,) tokens per sample."""
+        return np.diff(self.offsets)
+
+    def tokens(self, i: int) -> npt.NDArray[np.unsignedinteger[Any]]:
+        """Sample i's token ids (a view into the memory map)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample id {i} is outside this dataset's 0..{len(self) - 1}")
+        return self.token_array[self.offsets[i] : self.offsets[i + 1]]
+
+    def check_ids(self, ids: npt.NDArray[np.int64]) -> None:
+        """Refuse ids this dataset does not hold, naming the first one."""
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= len(self)):
+            bad = int(ids[(ids < 0) | (ids >= len(self))][0])
+            raise DatasetFormatError(
+                f"sample id {bad} is outside the dataset {self.path} (0..{len(self) - 1}); "
+                "score the job with the dataset it was created for"
+            )
+
+
+def write_dataset(
+    path: str | os.PathLike[str],
+    samples: Sequence[npt.NDArray[np.integer[Any]]],
+    *,
+    vocab_size: int,
+    source_lines: npt.ArrayLike | None = None,
+    strata: npt.ArrayLike | None = None,
+    tokenizer_json: str | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> TokenDataset:
+    """Write samples (each a 1-D array of token ids) as a dataset directory, atomically."""
+    root = Path(path)
+    if root.exists() and not overwrite:
+        raise FileExistsError(f"{root} exists; pass overwrite=True (--overwrite) to replace it")
+    dtype = token_dtype_for(vocab_size)
+    lengths = np.fromiter((len(s) for s in samples), dtype=np.int64, count=len(samples))
+    offsets = np.zeros(len(samples) + 1, dtype="<i8")
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate([np.asarray(s) for s in samples]) if samples else np.zeros(0, np.int64)
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= vocab_size):
+        raise DatasetFormatError(
+            f"token ids must be in 0..{vocab_size - 1}, found {int(flat.min())}..{int(flat.max())}"
+        )
+    lines = (
+        np.arange(len(samples), dtype="<i8")
+        if source_lines is None
+        else np.ascontiguousarray(source_lines, dtype="<i8")
+    )
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "n_samples": len(samples),
+        "n_tokens": int(flat.size),
+        "token_dtype": dtype.str,
+        "vocab_size": int(vocab_size),
+        "has_strata": strata is not None,
+        "tokenizer": TOKENIZER_FILE if tokenizer_json is not None else None,
+        **dict(extra_meta or {}),
+    }
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        np.save(tmp / TOKENS_FILE, flat.astype(dtype))
+        np.save(tmp / OFFSETS_FILE, offsets)
+        np.save(tmp / SOURCE_LINES_FILE, lines)
+        if strata is not None:
+            np.save(tmp / STRATA_FILE, np.ascontiguousarray(strata, dtype="<i4"))
+        if tokenizer_json is not None:
+            (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.replace(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TokenDataset.open(root)
