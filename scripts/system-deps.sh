@@ -4,6 +4,8 @@
 set -euo pipefail
 packages=(
     redis-server    # the Redis score store's integration tests start a real server
+    chromium        # the dashboard's browser tests (tests/browser) run it headless
+    chromium-driver # ... driven by selenium through /usr/bin/chromedriver
 )
 need=()
 for pkg in "${packages[@]}"; do

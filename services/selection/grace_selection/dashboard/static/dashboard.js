@@ -1,0 +1,331 @@
+// The dashboard page: polls the inspection endpoints and keeps every panel current.
+//
+// Published rounds never change, so each round's stats and map are fetched once and cached;
+// a poll costs two small JSON requests (jobs, rounds) until a new round appears.
+
+import { Api, ApiError, readFragment, writeFragment } from "./api.js";
+import { histogramChart, lineChart, formatNumber } from "./charts.js";
+import { MEMBER_COLOUR, OTHER_COLOUR, rampGradient } from "./colours.js";
+import { $, fill, h, show } from "./dom.js";
+import { renderSample, renderSampleMessage } from "./drill.js";
+import { PointMap } from "./map.js";
+
+const config = JSON.parse($("grace-config").textContent);
+const api = new Api(config.apiPrefix);
+const state = {
+  jobs: [],
+  jobId: null,
+  job: null,
+  rounds: [],
+  stats: new Map(), // `${job}/${round}` -> RoundStatsResponse
+  round: null, // the round shown; null follows the latest
+  pinnedRound: false,
+  mapKey: null, // `${job}/${round}` of the projection on the map
+  projection: null,
+  sampleId: null,
+  sampleRound: null,
+  lastPoll: null,
+  polls: 0,
+};
+
+const map = new PointMap($("map"), $("map-overlay"), { onPick: (i) => openSample(map.idOf(i)) });
+// For people debugging in the console and for the browser tests: the live state and the map.
+window.graceDashboard = { state, map, api };
+
+function showError(message) {
+  const banner = $("error");
+  banner.textContent = message ?? "";
+  show(banner, Boolean(message));
+}
+
+function needToken(message) {
+  show($("token-form"), true);
+  showError(message);
+}
+
+function renderJobs() {
+  const body = $("jobs-table").tBodies[0];
+  if (!state.jobs.length) {
+    fill(body, h("tr", { class: "empty" }, h("td", { colspan: 5 }, "no jobs yet: create one with POST /v1/jobs")));
+    return;
+  }
+  fill(
+    body,
+    state.jobs.map((job) =>
+      h(
+        "tr",
+        { class: job.job_id === state.jobId ? "selected" : null, dataset: { job: job.job_id } },
+        h("td", {}, h("button", { type: "button", class: "link", onclick: () => selectJob(job.job_id) }, job.job_id)),
+        h("td", {}, h("span", { class: `status ${job.status}` }, job.status.replaceAll("_", " "))),
+        h("td", { class: "num" }, job.n_samples.toLocaleString("en")),
+        h("td", { class: "num" }, job.current_round ?? "–"),
+        h("td", { class: "num" }, job.last_round_seconds === null ? "–" : `${formatNumber(job.last_round_seconds)} s`),
+      ),
+    ),
+  );
+}
+
+function renderJobSummary() {
+  const job = state.job;
+  show($("job"), Boolean(job));
+  if (!job) return;
+  $("job-title").textContent = job.job_id;
+  const c = job.config;
+  $("job-summary").textContent = [
+    `${job.n_samples.toLocaleString("en")} samples, dim ${job.dim}`,
+    `embedded ${job.embedded_count.toLocaleString("en")}, scored ${job.scored_count.toLocaleString("en")}`,
+    `${c.selector.replaceAll("_", " ")}, budget ${formatNumber(c.budget_fraction)}, k ${c.k}, re-score ${formatNumber(c.rescore_fraction)}`,
+    job.checkpoint ? `checkpoint step ${job.checkpoint.step}` : "no checkpoint yet",
+  ].join(" · ");
+}
+
+function published() {
+  return state.rounds.filter((r) => r.status === "published").sort((a, b) => a.round - b.round);
+}
+
+function renderTimeline() {
+  const rounds = published();
+  const x = rounds.map((r) => r.round);
+  const stat = (r, key) => state.stats.get(`${state.jobId}/${r.round}`)?.[key] ?? null;
+  lineChart($("chart-size"), x, [{ label: "coreset size", values: rounds.map((r) => r.count) }], { yMin: 0 });
+  lineChart($("chart-shares"), x, [
+    { label: "churn", values: rounds.map((r) => r.churn) },
+    { label: "re-scored", values: rounds.map((r) => r.rescored_fraction) },
+    { label: "estimated", values: rounds.map((r) => 1 - r.rescored_fraction) },
+  ], { yMin: 0, yMax: 1, keys: $("keys-shares") });
+  lineChart($("chart-importance"), x, [{ label: "mean importance", values: rounds.map((r) => stat(r, "mean_importance")) }]);
+  lineChart($("chart-time"), x, [
+    { label: "select", values: rounds.map((r) => r.timings.select_seconds) },
+    { label: "total", values: rounds.map((r) => r.timings.total_seconds) },
+  ], { yMin: 0, keys: $("keys-time") });
+}
+
+function renderRoundPicker() {
+  const select = $("round-select");
+  const rounds = published();
+  const wanted = rounds.map((r) => String(r.round)).reverse();
+  const have = [...select.options].map((o) => o.value);
+  if (wanted.join() !== have.join()) {
+    fill(select, wanted.map((r) => h("option", { value: r }, r)));
+  }
+  if (state.round !== null) select.value = String(state.round);
+}
+
+function renderRound() {
+  const stats = state.stats.get(`${state.jobId}/${state.round}`);
+  if (!stats) return;
+  const manifest = state.rounds.find((r) => r.round === state.round);
+  $("round-facts").textContent = [
+    `${stats.count.toLocaleString("en")} selected`,
+    `churn ${stats.churn === null ? "–" : formatNumber(stats.churn)}`,
+    `re-scored ${formatNumber(stats.rescored_fraction)}`,
+    `mean importance ${formatNumber(stats.mean_importance)}`,
+    manifest ? `${formatNumber(manifest.timings.total_seconds)} s` : null,
+  ].filter(Boolean).join(" · ");
+  histogramChart($("hist-loss"), stats.histograms.loss, "#d9480f");
+  histogramChart($("hist-importance"), stats.histograms.importance, "#1f5fbf");
+  histogramChart($("hist-combined"), stats.histograms.combined, "#2b8a3e");
+  const strata = Object.entries(stats.strata ?? {});
+  fill(
+    $("strata-table").tBodies[0],
+    strata.length
+      ? strata.map(([key, s]) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, s.name || key),
+            h("td", { class: "num" }, `${(100 * s.data_share).toFixed(1)}%`),
+            h("td", { class: "num" }, `${(100 * s.coreset_share).toFixed(1)}%`),
+            h(
+              "td",
+              { class: "bars" },
+              h("span", { class: "bar data", style: `width:${(100 * s.data_share).toFixed(2)}%` }),
+              h("span", { class: "bar coreset", style: `width:${(100 * s.coreset_share).toFixed(2)}%` }),
+            ),
+          ),
+        )
+      : h("tr", { class: "empty" }, h("td", { colspan: 4 }, "this job has no strata")),
+  );
+}
+
+function quantile(sorted, q) {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : 0;
+}
+
+function applyColour() {
+  const frame = state.projection;
+  if (!frame) return;
+  const mode = $("map-colour").value;
+  const n = map.count;
+  const values = new Float32Array(n);
+  if (mode === "membership") {
+    const member = frame.arrays.in_coreset.data;
+    let inside = 0;
+    for (let i = 0; i < n; i++) inside += values[i] = member[i] ? 1 : 0;
+    fill($("map-legend"),
+      h("span", { class: "swatch", style: `background:${MEMBER_COLOUR}` }), ` in the coreset (${inside.toLocaleString("en")})`,
+      h("span", { class: "swatch", style: `background:${OTHER_COLOUR}` }), ` not selected (${(n - inside).toLocaleString("en")})`);
+    map.setValues(values, true);
+    return;
+  }
+  const scores = frame.arrays[mode]?.data ?? frame.arrays.importance.data;
+  // Clip to the 2nd..98th percentile so a few extreme scores do not wash out the ramp.
+  const finite = Float32Array.from(scores.filter(Number.isFinite)).sort();
+  const lo = quantile(finite, 0.02), hi = quantile(finite, 0.98);
+  const span = hi - lo || 1;
+  for (let i = 0; i < n; i++) {
+    const v = scores[i];
+    values[i] = Number.isFinite(v) ? Math.min(1, Math.max(0, (v - lo) / span)) : -1;
+  }
+  fill($("map-legend"),
+    h("span", {}, formatNumber(lo)),
+    h("span", { class: "ramp", style: `background:${rampGradient()}` }),
+    h("span", {}, formatNumber(hi)),
+    ` ${mode}` + (finite.length < n ? ` (grey: never scored, ${(n - finite.length).toLocaleString("en")})` : ""));
+  map.setValues(values, false);
+}
+
+async function loadProjection() {
+  const key = `${state.jobId}/${state.round}`;
+  if (state.round === null || key === state.mapKey) return;
+  const frame = await api.projection(state.jobId, state.round, config.mapMaxPoints);
+  if (key !== `${state.jobId}/${state.round}`) return; // the user moved on meanwhile
+  state.projection = frame;
+  state.mapKey = key;
+  map.setData({ xy: frame.arrays.xy.data, ids: frame.arrays.ids.data });
+  applyColour();
+  const total = state.job?.n_samples ?? map.count;
+  $("map-count").textContent = `${map.count.toLocaleString("en")} points` +
+    (map.count < total ? ` (a uniform sample of ${total.toLocaleString("en")})` : "") +
+    ` · ${map.rendererName}`;
+  if (state.sampleId !== null) await openSample(state.sampleId, { quiet: true });
+}
+
+async function openSample(sampleId, { quiet = false } = {}) {
+  if (!state.jobId || !Number.isInteger(Number(sampleId)) || Number(sampleId) < 0) return;
+  state.sampleId = Number(sampleId);
+  $("sample-input").value = String(state.sampleId);
+  writeFragment({ job: state.jobId, round: state.pinnedRound ? state.round : null, sample: state.sampleId });
+  try {
+    const sample = await api.sample(state.jobId, state.sampleId);
+    state.sampleRound = state.round;
+    renderSample(sample, { strataNames: state.job?.stratum_names, onOpen: (id) => openSample(id) });
+    map.select(map.indexOfId(sample.sample_id), sample.neighbors.map((n) => map.indexOfId(n.sample_id)));
+  } catch (err) {
+    if (quiet) return;
+    renderSampleMessage(err instanceof ApiError && err.status === 404
+      ? `no sample ${state.sampleId} in ${state.jobId}: ids run from 0 to ${(state.job?.n_samples ?? 1) - 1}`
+      : String(err.message));
+    map.select(-1);
+  }
+}
+
+async function selectJob(jobId) {
+  if (jobId === state.jobId) return;
+  Object.assign(state, { jobId, job: null, rounds: [], round: null, pinnedRound: false, mapKey: null, projection: null, sampleId: null });
+  map.setData({ xy: new Float32Array(0), ids: [] });
+  renderSampleMessage("Click a point on the map or type a sample id.");
+  writeFragment({ job: jobId });
+  renderJobs();
+  await poll();
+}
+
+async function refreshJob() {
+  state.job = state.jobs.find((j) => j.job_id === state.jobId) ?? null;
+  renderJobSummary();
+  if (!state.job) return;
+  state.rounds = await api.rounds(state.jobId);
+  const rounds = published();
+  // Published rounds are immutable: fetch each one's stats once.
+  for (const r of rounds) {
+    const key = `${state.jobId}/${r.round}`;
+    if (!state.stats.has(key)) state.stats.set(key, await api.roundStats(state.jobId, r.round));
+  }
+  if (!state.pinnedRound) state.round = rounds.length ? rounds[rounds.length - 1].round : null;
+  renderTimeline();
+  renderRoundPicker();
+  renderRound();
+  await loadProjection();
+  if (state.sampleId !== null && state.sampleRound !== state.round) {
+    await openSample(state.sampleId, { quiet: true });
+  }
+}
+
+let timer = null;
+let polling = false;
+
+async function poll() {
+  if (polling) return;
+  polling = true;
+  clearTimeout(timer);
+  try {
+    state.jobs = (await api.jobs()).jobs;
+    if (!state.jobId && state.jobs.length) state.jobId = state.jobs[0].job_id;
+    renderJobs();
+    await refreshJob();
+    state.lastPoll = new Date();
+    state.polls += 1;
+    showError(null);
+    $("live").textContent = `updated ${state.lastPoll.toLocaleTimeString("en-GB")}`;
+  } catch (err) {
+    if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
+      needToken(`The service wants a bearer token (${err.status}): paste it above, or open the page as /dashboard#token=…`);
+    } else {
+      showError(`Could not reach the service: ${err.message}`);
+    }
+    $("live").textContent = "disconnected";
+  } finally {
+    polling = false;
+    if ($("live-toggle").checked) timer = setTimeout(poll, config.pollMs);
+  }
+}
+
+function bindControls() {
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    api.setToken($("token-input").value.trim());
+    $("token-input").value = "";
+    show($("token-form"), false);
+    poll();
+  });
+  $("live-toggle").addEventListener("change", (e) => {
+    if (e.target.checked) poll();
+    else {
+      clearTimeout(timer);
+      $("live").textContent = "paused";
+    }
+  });
+  $("round-select").addEventListener("change", async (e) => {
+    const latest = published().at(-1)?.round;
+    state.round = Number(e.target.value);
+    state.pinnedRound = state.round !== latest;
+    renderRound();
+    await loadProjection();
+    if (state.sampleId !== null) await openSample(state.sampleId, { quiet: true });
+  });
+  $("map-colour").addEventListener("change", applyColour);
+  $("map-reset").addEventListener("click", () => map.fitView());
+  $("sample-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    openSample($("sample-input").value);
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && $("live-toggle").checked) poll();
+  });
+}
+
+function start() {
+  const fragment = readFragment();
+  if (fragment.token) api.setToken(fragment.token);
+  if (config.readsRequireToken && !api.token) needToken("This service needs a bearer token to read.");
+  if (fragment.job) state.jobId = fragment.job;
+  if (fragment.round !== null && fragment.round !== "") {
+    state.round = Number(fragment.round);
+    state.pinnedRound = true;
+  }
+  if (fragment.sample !== null && fragment.sample !== "") state.sampleId = Number(fragment.sample);
+  bindControls();
+  poll();
+}
+
+start();
