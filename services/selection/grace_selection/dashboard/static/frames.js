@@ -58,8 +58,9 @@ export function decodeFrame(buffer) {
   } catch (err) {
     throw new FrameError("header", `not valid UTF-8 JSON: ${err.message}`);
   }
-  if (header === null || typeof header !== "object" || Array.isArray(header)) {
-    throw new FrameError("header", "must be a JSON object");
+  const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+  if (!isObject(header) || (header.meta !== undefined && !isObject(header.meta))) {
+    throw new FrameError("header", 'must be a JSON object {"meta": {...}, "arrays": [...]}');
   }
   const specs = header.arrays ?? [];
   if (!Array.isArray(specs)) throw new FrameError("header.arrays", "must be a list");
