@@ -6,6 +6,7 @@ packages=(
     redis-server    # the Redis score store's integration tests start a real server
     chromium        # the dashboard's browser tests (tests/browser) run it headless
     chromium-driver # ... driven by selenium through /usr/bin/chromedriver
+    docker-compose  # `docker-compose config` checks docker-compose.yml offline (tests/unit/test_deploy_compose.py)
 )
 need=()
 for pkg in "${packages[@]}"; do
