@@ -77,7 +77,10 @@ def fit_projection(
     components[:, :found] = basis
     variance[:found] = singular**2 / max(centred.shape[0] - 1, 1)
     for j in range(found):
-        pivot = int(np.argmax(np.abs(components[:, j])))
+        # The first loading within rounding of the largest decides: ties (|0.707| twice)
+        # must not be broken by the last bit, or a shifted copy of the data could mirror.
+        size = np.abs(components[:, j])
+        pivot = int(np.flatnonzero(size >= size.max() * (1 - 1e-6))[0])
         if components[pivot, j] < 0:
             components[:, j] = -components[:, j]
     return Projection2D(mean=mean, components=components, explained_variance=variance)
@@ -122,6 +125,36 @@ def project_embeddings(
         return np.zeros((0, 2), dtype=np.float32)
     projection = fit_projection(data, np.random.default_rng(seed), sample_size=sample_size)
     return apply_projection(data, projection)
+
+
+def project_for_map(
+    ids: npt.NDArray[np.int64],
+    embeddings: npt.NDArray[np.floating],
+    seed: int,
+    *,
+    max_points: int = 200_000,
+    sample_size: int = 20_000,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The map the dashboard draws: (ids (m,), xy (m, 2) float32), m = min(n, max_points).
+
+    ids: (n,) the sample id of each embedding row. The rows shown are a seeded uniform sample
+    (sorted by row), and the components are fitted on a smaller sample of those.
+    """
+    data = _check_matrix(embeddings)
+    ids = np.asarray(ids)
+    if ids.shape != (data.shape[0],):
+        raise ValueError(
+            f"ids: expected shape ({data.shape[0]},), one id per embedding row, got {ids.shape}"
+        )
+    if max_points < 1:
+        raise ValueError(f"max_points: must be >= 1, got {max_points}")
+    rng = np.random.default_rng(seed)
+    rows = choose_rows(data.shape[0], max_points, rng)
+    shown = data[rows] if rows.size < data.shape[0] else data
+    if shown.shape[0] == 0:
+        return ids[rows].astype(np.int64), np.zeros((0, 2), dtype=np.float32)
+    projection = fit_projection(shown, rng, sample_size=sample_size)
+    return ids[rows].astype(np.int64), apply_projection(shown, projection)
 
 
 def _top_right_singular_vectors(
