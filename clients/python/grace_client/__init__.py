@@ -1,10 +1,13 @@
 """The trainer's side of GRACE: an HTTP client, a background score reporter and (with torch)
 a resumable distributed sampler over the service's coreset rounds.
 
-Importing this package needs only httpx, numpy and pydantic.
+Importing this package needs only httpx, numpy and pydantic; `CoresetSampler` (torch) and
+`grace_client.hf` (transformers) are imported when first used.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from grace_client.cache import RoundCache
 from grace_client.client import CoresetClient
@@ -22,9 +25,13 @@ from grace_client.errors import (
 from grace_client.payloads import IndexSlice, Projection, RescorePlan
 from grace_client.reporter import ReporterStats, ScoreReporter
 
+if TYPE_CHECKING:
+    from grace_client.sampler import CoresetSampler
+
 __all__ = [
     "ConflictError",
     "CoresetClient",
+    "CoresetSampler",
     "GraceAPIError",
     "GraceError",
     "IndexSlice",
@@ -41,3 +48,11 @@ __all__ = [
     "UnauthorizedError",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    # torch is heavy and optional: only the sampler needs it, so it loads on first use.
+    if name == "CoresetSampler":
+        from grace_client.sampler import CoresetSampler
+
+        return CoresetSampler
+    raise AttributeError(f"module 'grace_client' has no attribute {name!r}")
