@@ -8,5 +8,14 @@ from grace_selection.core.config import SelectionConfig, SelectionConfigError
 from grace_selection.core.coreset import Coreset
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.scores import ScoreTable
+from grace_selection.core.selectors import SELECTORS, select_coreset
 
-__all__ = ["Coreset", "KnnGraph", "ScoreTable", "SelectionConfig", "SelectionConfigError"]
+__all__ = [
+    "SELECTORS",
+    "Coreset",
+    "KnnGraph",
+    "ScoreTable",
+    "SelectionConfig",
+    "SelectionConfigError",
+    "select_coreset",
+]
