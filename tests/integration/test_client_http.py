@@ -445,3 +445,33 @@ def test_rescore_plan_and_checkpoint(service: ScriptedService, tmp_path: Path) -
         assert client.put_checkpoint("job-a", "/ckpt/step-40", 40, round=2).path == "/ckpt/step-40"
     body = json.loads(service.calls("PUT", "/v1/jobs/job-a/checkpoint")[0].body)
     assert body == {"path": "/ckpt/step-40", "step": 40, "round": 2}
+
+
+def test_reporter_delivers_every_report_once_through_an_outage(
+    service: ScriptedService, tmp_path: Path
+) -> None:
+    applied: dict[str, list[int]] = {}
+    lock = threading.Lock()
+    outage = {"left": 6}
+
+    def ingest(request: Recorded) -> Reply:
+        with lock:
+            if outage["left"] > 0:
+                outage["left"] -= 1
+                return error_reply(503, "unavailable", "restarting")
+            frame = decode_frame(request.body)
+            batch_id = str(frame.meta["batch_id"])
+            duplicate = batch_id in applied
+            applied.setdefault(batch_id, frame.array("ids", "<i8", 1).tolist())
+        answer = {"batch_id": batch_id, "accepted": 0 if duplicate else 2, "duplicate": duplicate}
+        return json_reply(200, answer)
+
+    service.route("POST", "/v1/jobs/job-a/scores", ingest)
+    with make_client(service.url, tmp_path, retries=1) as client:
+        reporter = client.reporter("job-a", retry_interval=0.02)
+        for step in range(5):
+            reporter.report([2 * step, 2 * step + 1], [0.5, 0.25], step=step)
+        stats = reporter.close(timeout=20)
+    assert sorted(i for ids in applied.values() for i in ids) == list(range(10))
+    assert stats.sent_samples == 10
+    assert stats.dropped_samples == 0
