@@ -1,0 +1,123 @@
+"""create_app(settings): the one place that wires settings, store, index, service and routes.
+
+Nothing is built at import time. The store, the index factory and the service are made inside
+the lifespan; the job state is loaded on a background thread so that /healthz answers at once
+and /readyz turns ready when the state is back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
+
+from grace_proto.models import ScoreBatchRequest
+from grace_selection import __version__
+from grace_selection.adapters.ports import NeighborIndex, ScoreStore
+from grace_selection.api.auth import TokenGuard
+from grace_selection.api.errors import install_error_handlers
+from grace_selection.api.limits import BodyLimit
+from grace_selection.api.metrics import RequestTimer, ServiceMetrics
+from grace_selection.api.routes import health, ingest, inspection, jobs, rounds
+from grace_selection.service.graph_keeper import IndexFactory
+from grace_selection.service.registry import SelectionService
+from grace_selection.settings import ServiceSettings
+
+TITLE = "GRACE coreset service"
+
+
+def open_store(settings: ServiceSettings) -> ScoreStore:
+    """Redis when GRACE_STORE is a redis:// URL, else the embedded file store in data_dir."""
+    if settings.uses_redis:
+        from grace_selection.adapters.redis_store import RedisScoreStore
+
+        return RedisScoreStore(settings.store)
+    from grace_selection.adapters.local_store import LocalScoreStore
+
+    return LocalScoreStore(settings.data_dir / "store")
+
+
+def index_factory(kind: str) -> IndexFactory:
+    """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact)."""
+    if kind == "brute":
+        from grace_selection.adapters.brute_force_index import BruteForceIndex
+
+        def create_brute(dim: int) -> NeighborIndex:
+            return BruteForceIndex(dim)
+
+        return IndexFactory("brute", create_brute, BruteForceIndex.load)
+    from grace_selection.adapters.hnsw_index import HnswNeighborIndex
+
+    def create_hnsw(dim: int) -> NeighborIndex:
+        return HnswNeighborIndex(dim)
+
+    return IndexFactory("hnsw", create_hnsw, HnswNeighborIndex.load)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    settings.check_bind_safety()
+    metrics_holder: dict[str, SelectionService] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await run_in_threadpool(open_store, settings)
+        service = SelectionService(
+            store, index_factory(settings.index), Path(settings.data_dir), events=metrics
+        )
+        app.state.service = metrics_holder["service"] = service
+        loader = threading.Thread(target=service.load, name="grace-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(loader.join)
+            await run_in_threadpool(service.close)
+
+    def job_count() -> int:
+        service = metrics_holder.get("service")
+        return 0 if service is None else service.job_count()
+
+    metrics = ServiceMetrics(job_count)
+    app = FastAPI(
+        title=TITLE,
+        version=__version__,
+        description="Dynamic coreset selection for training: see proto/API.md.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.guard = TokenGuard(settings.token, settings.reads_require_token)
+    install_error_handlers(app)
+    for module in (health, jobs, ingest, rounds, inspection):
+        app.include_router(module.router)
+    # Added last = outermost: the timer sees every request, including refused bodies.
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestTimer, metrics=metrics)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, plus the JSON schema of bodies that routes read by hand."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        extra = ScoreBatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in extra.pop("$defs", {}).items():
+            components.setdefault(name, definition)
+        components.setdefault("ScoreBatchRequest", extra)
+        app.openapi_schema = schema
+    return app.openapi_schema

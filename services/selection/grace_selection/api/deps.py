@@ -1,0 +1,73 @@
+"""Annotated dependencies and parameters shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from grace_proto.frames import MEDIA_TYPE
+from grace_proto.models import JOB_ID_PATTERN
+from grace_selection.api.errors import ApiError
+from grace_selection.service.registry import SelectionService
+
+
+def get_service(request: Request) -> SelectionService:
+    service: SelectionService = request.app.state.service
+    return service
+
+
+Service = Annotated[SelectionService, Depends(get_service)]
+JobId = Annotated[
+    str, Path(pattern=JOB_ID_PATTERN, description="the job id (lowercase letters, digits, . _ -)")
+]
+RoundRef = Annotated[
+    str, Path(pattern=r"^(latest|[0-9]{1,12})$", description="a round number or `latest`")
+]
+Format = Annotated[
+    Literal["bin", "json"], Query(description="`bin`: a frame (FRAMES.md); `json`: JSON")
+]
+
+BINARY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+JSON_MEDIA = "application/json"
+
+
+def binary_answer(model: type[BaseModel] | None, description: str) -> dict[int | str, Any]:
+    """OpenAPI for a 200 that is a frame (and, with a model, optionally JSON)."""
+    content: dict[str, Any] = {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
+    answer: dict[str, Any] = {"description": description, "content": content}
+    if model is not None:
+        answer["model"] = model
+    return {200: answer}
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_frame(request: Request) -> bytes:
+    """The raw body of a frame upload (the size limit is enforced by the BodyLimit middleware)."""
+    kind = media_type(request)
+    if kind != MEDIA_TYPE:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"this endpoint takes a binary frame: send Content-Type: {MEDIA_TYPE} "
+            f"(got {kind or 'none'}); see proto/FRAMES.md",
+            field="Content-Type",
+        )
+    return await request.body()
+
+
+def json_response(model: BaseModel, status_code: int = 200, **headers: str) -> Response:
+    """Serialise once with pydantic's fast path; skips FastAPI's re-validation of the answer."""
+    return Response(
+        model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA, headers=headers
+    )

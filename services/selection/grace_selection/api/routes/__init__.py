@@ -1,0 +1,1 @@
+"""Routes, one module per concern; each handler calls one service method and nothing else."""

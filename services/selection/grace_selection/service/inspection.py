@@ -1,0 +1,221 @@
+"""Read-only views for the dashboard: one sample over the rounds, a round's statistics, and a
+2-D projection of the embeddings. Nothing here writes; all of it runs off the event loop."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from grace_proto.frames import encode_frame
+from grace_proto.models import (
+    HistogramModel,
+    NeighborEntry,
+    RoundStatsResponse,
+    SampleResponse,
+    SampleRoundEntry,
+    StratumShare,
+)
+from grace_selection.adapters.ports import ScoreStore
+from grace_selection.core.importance import combine_scores
+from grace_selection.core.scores import NEVER_SCORED, ScoreTable
+from grace_selection.service.errors import InvalidInputError
+from grace_selection.service.jobs import Job
+
+HISTORY_ROUNDS = 100  # newest rounds listed in a sample's history
+TEXT_CHARS = 4000
+
+
+def describe_sample(job: Job, store: ScoreStore, sample_id: int) -> SampleResponse:
+    if not 0 <= sample_id < job.spec.n:
+        raise InvalidInputError(
+            f"sample {sample_id} is out of range; ids are 0..{job.spec.n - 1}", field="sample_id"
+        )
+    arrays = job.arrays
+    ids = np.array([sample_id], dtype=np.int64)
+    rounds = sorted(job.manifests)[-HISTORY_ROUNDS:]
+    history: list[SampleRoundEntry] = []
+    for r in rounds:
+        data = job.round_data(r, store)
+        member = bool(data.in_coreset(ids)[0])
+        weight = None
+        if member and data.weights is not None:
+            weight = float(data.weights[int(np.searchsorted(data.indices, sample_id))])
+        values = store.read_round_values(job.job_id, r, "importance", ids)
+        history.append(
+            SampleRoundEntry(
+                round=r,
+                in_coreset=member,
+                importance=_finite(values[0]) if values is not None else None,
+                weight=weight,
+            )
+        )
+    scored_round = int(arrays.scored_round[sample_id])
+    return SampleResponse(
+        job_id=job.job_id,
+        sample_id=sample_id,
+        stratum=None if arrays.strata is None else int(arrays.strata[sample_id]),
+        text=read_text(job, sample_id),
+        loss=_finite(arrays.loss[sample_id]),
+        importance=_finite(arrays.importance[sample_id]),
+        scored_round=None if scored_round == NEVER_SCORED else scored_round,
+        history=history,
+        neighbors=_neighbors(job, store, sample_id),
+    )
+
+
+def _neighbors(job: Job, store: ScoreStore, sample_id: int) -> list[NeighborEntry]:
+    graph = job.keeper.graph
+    if graph is None:
+        return []
+    row = graph.neighbors[sample_id]
+    real = row >= 0
+    ids = row[real].astype(np.int64)
+    sims = graph.similarities[sample_id][real]
+    latest = job.latest
+    data = job.round_data(latest, store) if latest is not None else None
+    importance = data.importance if data is not None and data.importance is not None else None
+    member = data.in_coreset(ids) if data is not None else np.zeros(ids.shape, dtype=bool)
+    source = importance if importance is not None else job.arrays.importance
+    return [
+        NeighborEntry(
+            sample_id=int(i), similarity=float(s), importance=_finite(source[i]), in_coreset=bool(m)
+        )
+        for i, s, m in zip(ids, sims, member, strict=True)
+    ]
+
+
+def describe_round(job: Job, store: ScoreStore, round_: int, bins: int) -> RoundStatsResponse:
+    if not 1 <= bins <= 1000:
+        raise InvalidInputError(f"must be in 1..1000, got {bins}", field="bins")
+    manifest = job.published(round_)
+    data = job.round_data(round_, store)
+    importance = data.importance if data.importance is not None else job.arrays.importance
+    loss = data.loss if data.loss is not None else job.arrays.loss
+    scores = ScoreTable.from_arrays(loss, importance, job.arrays.scored_round, job.arrays.strata)
+    combined, _ = combine_scores(scores, job.spec.config)
+    chosen = importance[data.indices]
+    finite = chosen[np.isfinite(chosen)]
+    return RoundStatsResponse(
+        job_id=job.job_id,
+        round=round_,
+        count=manifest.count,
+        churn=manifest.churn,
+        rescored_fraction=manifest.rescored_fraction,
+        mean_importance=float(finite.mean()) if finite.size else None,
+        timings=manifest.timings,
+        histograms={
+            "loss": _histogram(loss, bins),
+            "importance": _histogram(importance, bins),
+            "combined": _histogram(combined, bins),
+        },
+        strata=_strata_shares(job, data.indices),
+    )
+
+
+def _strata_shares(job: Job, indices: npt.NDArray[np.int64]) -> dict[str, StratumShare]:
+    strata = job.arrays.strata
+    if strata is None or indices.size == 0:
+        return {}
+    names = job.spec.request.stratum_names or {}
+    data_counts = np.bincount(strata)
+    coreset_counts = np.bincount(strata[indices], minlength=data_counts.size)
+    return {
+        str(s): StratumShare(
+            name=names.get(s, str(s)),
+            data_share=float(data_counts[s]) / strata.size,
+            coreset_share=float(coreset_counts[s]) / indices.size,
+        )
+        for s in np.flatnonzero(data_counts).tolist()
+    }
+
+
+def _histogram(values: npt.NDArray[Any], bins: int) -> HistogramModel:
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return HistogramModel(edges=[], counts=[])
+    counts, edges = np.histogram(finite, bins=bins)
+    return HistogramModel(edges=edges.tolist(), counts=counts.tolist())
+
+
+def project(job: Job, store: ScoreStore, round_: int | None, max_points: int) -> bytes:
+    """A frame: ids, xy (n, 2) PCA of a seeded sample of embedded points, importance, in_coreset."""
+    if not 1 <= max_points <= 200_000:
+        raise InvalidInputError(f"must be in 1..200000, got {max_points}", field="max_points")
+    r = job.latest if round_ is None else round_
+    data = job.round_data(r, store) if r is not None else None
+    with job.lock:
+        embedded = np.flatnonzero(job.arrays.embedding_seq).astype(np.int64)
+        rng = np.random.default_rng([job.spec.request.seed, 0 if r is None else r + 1])
+        if embedded.size > max_points:
+            embedded = np.sort(rng.choice(embedded, size=max_points, replace=False))
+        vectors = (
+            job.arrays.embeddings[embedded].astype(np.float64)
+            if job.arrays.embeddings is not None
+            else np.zeros((0, job.spec.dim))
+        )
+    xy = _pca_2d(vectors)
+    importance = (
+        data.importance[embedded]
+        if data is not None and data.importance is not None
+        else job.arrays.importance[embedded]
+    )
+    member = data.in_coreset(embedded) if data is not None else np.zeros(embedded.size, bool)
+    total = int(np.count_nonzero(job.arrays.embedding_seq))
+    meta = {"job_id": job.job_id, "round": r, "total": total}
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "ids": embedded,
+        "xy": xy.astype(np.float32),
+        "importance": np.asarray(importance, dtype=np.float32),
+        "in_coreset": member.astype(np.uint8),
+    }
+    return encode_frame(meta, arrays)
+
+
+def _pca_2d(vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The first two principal components (n, 2); fewer than two points or dims pad with 0."""
+    out = np.zeros((vectors.shape[0], 2))
+    if vectors.shape[0] < 2:
+        return out
+    centered = vectors - vectors.mean(axis=0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    comps = vt[:2]
+    # Fix each component's sign so that the picture does not flip between calls.
+    signs = np.sign(comps[np.arange(comps.shape[0]), np.abs(comps).argmax(axis=1)])
+    projected = centered @ (comps * signs[:, None]).T
+    out[:, : projected.shape[1]] = projected
+    return out
+
+
+def read_text(job: Job, sample_id: int) -> str | None:
+    """Line `sample_id` of the job's JSONL text source: its "text" field, or the line itself."""
+    source = job.spec.request.text_source
+    if not source:
+        return None
+    path = Path(source)
+    try:
+        offsets = job.text_offsets(path)
+        if sample_id >= offsets.size - 1:
+            return None
+        with path.open("rb") as fh:
+            fh.seek(int(offsets[sample_id]))
+            raw = fh.read(int(offsets[sample_id + 1] - offsets[sample_id]))
+        line = raw.decode(errors="replace")
+    except OSError:
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return line.strip()[:TEXT_CHARS]
+    text = record.get("text") if isinstance(record, dict) else None
+    return (text if isinstance(text, str) else line.strip())[:TEXT_CHARS]
+
+
+def _finite(value: Any) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None

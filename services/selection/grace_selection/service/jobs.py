@@ -1,0 +1,254 @@
+"""One job held in memory: its spec, sample arrays, rounds and graph, and the lock for writes.
+
+The service process is the job's only writer. Writes (ingest, publishing a round) hold `lock`;
+reads of published rounds never take it: they read immutable RoundData objects and dictionary
+entries that are replaced whole.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from grace_proto.models import (
+    CheckpointInfo,
+    IngestResponse,
+    JobResponse,
+    JobStatus,
+    RoundManifest,
+    RoundStatus,
+)
+from grace_selection.adapters.ports import ScoreStore
+from grace_selection.adapters.store_records import checksum
+from grace_selection.service.batches import Batch, ScoreBatch, find_duplicate
+from grace_selection.service.errors import (
+    ConflictError,
+    InvalidInputError,
+    RoundComputingError,
+    UnknownRoundError,
+)
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.rounds import Body, RoundCache, RoundData
+from grace_selection.service.specs import JobSpec, initial_strata
+from grace_selection.service.state import JobArrays
+
+CHECKPOINT_DOCUMENT = "checkpoint"
+
+
+class Job:
+    def __init__(self, spec: JobSpec, keeper: GraphKeeper) -> None:
+        self.spec = spec
+        self.keeper = keeper
+        self.arrays = JobArrays(spec.n, spec.dim, initial_strata(spec.request))
+        self.lock = threading.Lock()
+        self.manifests: dict[int, RoundManifest] = {}  # published rounds
+        self.manifest_bytes: dict[int, bytes] = {}  # exactly as stored and served
+        self.computing: RoundManifest | None = None
+        self.failed: RoundManifest | None = None
+        self.checkpoint: CheckpointInfo | None = None
+        self.deleted = False
+        self.cache = RoundCache()
+        self.last_importance: npt.NDArray[np.float32] | None = None
+        self._warmup_bodies: dict[tuple[int, int, str], Body] = {}
+        self._text_offsets: npt.NDArray[np.int64] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id
+
+    @property
+    def latest(self) -> int | None:
+        """The newest published round, None before the first."""
+        return max(self.manifests) if self.manifests else None
+
+    @property
+    def next_round(self) -> int:
+        latest = self.latest
+        return 0 if latest is None else latest + 1
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def ingest(self, batch: Batch, store: ScoreStore) -> IngestResponse:
+        """Record the batch durably, then apply it; a repeated batch id changes nothing."""
+        with self.lock:
+            if isinstance(batch, ScoreBatch) and batch.round > self.next_round:
+                raise InvalidInputError(
+                    f"round {batch.round} is ahead of the job: the next round is "
+                    f"{self.next_round}; score for round {self.next_round} or earlier",
+                    field="meta.round",
+                )
+            ids = getattr(batch, "ids", None)
+            if ids is not None:
+                dup = find_duplicate(ids, self.arrays.scratch)
+                if dup is not None:
+                    raise InvalidInputError(
+                        f"id {dup} appears more than once; send each sample once per batch",
+                        field="arrays.ids",
+                    )
+            result = store.append_batch(self.job_id, batch.kind, batch.batch_id, batch.payload)
+            if result.duplicate:
+                if result.checksum != checksum(batch.payload):
+                    raise ConflictError(
+                        f"batch id {batch.batch_id!r} was already used for a different "
+                        f"{batch.kind} batch; use a new batch id for new data",
+                        field="meta.batch_id",
+                        code="batch_id_reused",
+                    )
+                return IngestResponse(batch_id=batch.batch_id, accepted=0, duplicate=True)
+            self.arrays.apply(batch, result.seq)
+        accepted = int(ids.shape[0]) if ids is not None else self.spec.n
+        return IngestResponse(batch_id=batch.batch_id, accepted=accepted, duplicate=False)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def response(self) -> JobResponse:
+        embedded, scored = self.arrays.counts()
+        latest = self.latest
+        seconds = None
+        if latest is not None:
+            seconds = self.manifests[latest].timings.total_seconds
+        request = self.spec.request
+        return JobResponse(
+            job_id=self.job_id,
+            n_samples=request.n_samples,
+            dim=request.dim,
+            config=request.config,
+            seed=request.seed,
+            status=self.status(scored),
+            created_at=self.spec.created_at,
+            current_round=latest,
+            embedded_count=embedded,
+            scored_count=scored,
+            checkpoint=self.checkpoint,
+            last_round_seconds=seconds,
+            stratum_names=request.stratum_names,
+            text_source=request.text_source,
+        )
+
+    def status(self, scored: int) -> JobStatus:
+        if self.computing is not None:
+            return JobStatus.SELECTING
+        if self.failed is not None:
+            return JobStatus.FAILED
+        return JobStatus.READY if scored else JobStatus.WAITING_FOR_DATA
+
+    def resolve_round(self, r: str | int) -> int:
+        """A round number from a path segment: an integer or `latest` (newest published)."""
+        if r == "latest":
+            latest = self.latest
+            if latest is None:
+                if self.computing is not None:
+                    raise RoundComputingError(
+                        f"round {self.computing.round} is being computed",
+                        manifest=self.computing,
+                    )
+                raise UnknownRoundError(
+                    f"job {self.job_id!r} has no published round yet; POST "
+                    f"/v1/jobs/{self.job_id}/rounds to compute one",
+                    field="round",
+                )
+            return latest
+        return int(r)
+
+    def manifest(self, round_: int) -> RoundManifest:
+        """A published, computing or failed round's manifest."""
+        if round_ in self.manifests:
+            return self.manifests[round_]
+        for pending in (self.computing, self.failed):
+            if pending is not None and pending.round == round_:
+                return pending
+        raise UnknownRoundError(
+            f"round {round_} of job {self.job_id!r} does not exist; the newest published "
+            f"round is {self.latest}",
+            field="round",
+        )
+
+    def published(self, round_: int) -> RoundManifest:
+        """The manifest of a published round; 202-style error while it is computing."""
+        manifest = self.manifest(round_)
+        if manifest.status == RoundStatus.COMPUTING:
+            raise RoundComputingError(f"round {round_} is being computed", manifest=manifest)
+        if manifest.status == RoundStatus.FAILED:
+            raise UnknownRoundError(
+                f"round {round_} failed: {manifest.error}; POST .../rounds to try again",
+                field="round",
+            )
+        return manifest
+
+    def round_data(self, round_: int, store: ScoreStore) -> RoundData:
+        """The arrays of a published round, from the cache or the store."""
+        manifest = self.published(round_)
+        data = self.cache.get(round_)
+        if data is None:
+            stored = store.read_round(self.job_id, round_)
+            if stored is None:
+                raise UnknownRoundError(f"round {round_} is missing from the store", field="round")
+            data = RoundData(manifest, dict(stored.arrays))
+            self.cache.put(round_, data)
+        return data
+
+    def warmup_body(self, key: tuple[int, int, str], make: Callable[[], Body]) -> Body:
+        """Round 0's plan (every sample) encoded once per (shard, of, format)."""
+        body = self._warmup_bodies.get(key)
+        if body is None:
+            body = make()
+            if len(self._warmup_bodies) < 256:
+                self._warmup_bodies[key] = body
+        return body
+
+    def clear_warmup_bodies(self) -> None:
+        """The warm-up answers carry the checkpoint: forget them when it changes."""
+        self._warmup_bodies = {}
+
+    def previous_importance(self, store: ScoreStore) -> npt.NDArray[np.float32]:
+        """The importance the latest round used (NaN before the first round)."""
+        if self.last_importance is None and self.latest is not None:
+            data = self.round_data(self.latest, store)
+            if data.importance is not None:
+                self.last_importance = data.importance
+        if self.last_importance is None:
+            return np.full(self.spec.n, np.nan, dtype=np.float32)
+        return self.last_importance
+
+    def fresh_share_of_plan(self, store: ScoreStore) -> float:
+        """Share of the next round's rescore plan already scored for it (the auto policy)."""
+        r = self.next_round
+        scored_round = self.arrays.scored_round
+        if r == 0:
+            return float(np.count_nonzero(scored_round >= 0)) / max(self.spec.n, 1)
+        data = self.round_data(r - 1, store)
+        if data.rescore.size == 0:
+            return 1.0
+        return float(np.count_nonzero(scored_round[data.rescore] >= r)) / data.rescore.size
+
+    def text_offsets(self, path: Path) -> npt.NDArray[np.int64]:
+        """Byte offset of each line start of the text source, plus its end; read once."""
+        if self._text_offsets is None:
+            starts = [np.zeros(1, dtype=np.int64)]
+            position = 0
+            with path.open("rb") as fh:
+                while chunk := fh.read(16 * 1024 * 1024):
+                    newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+                    starts.append(newlines.astype(np.int64) + position + 1)
+                    position += len(chunk)
+            offsets = np.concatenate(starts)
+            if offsets[-1] != position:  # a last line without a newline
+                offsets = np.append(offsets, position)
+            self._text_offsets = offsets
+        return self._text_offsets
+
+    def checkpoint_from(self, raw: bytes | None) -> None:
+        self.checkpoint = None if raw is None else CheckpointInfo.model_validate_json(raw)
+
+
+def parse_manifest(raw: bytes) -> RoundManifest:
+    return RoundManifest.model_validate_json(raw)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

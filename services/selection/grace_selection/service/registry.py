@@ -1,0 +1,347 @@
+"""The service layer: every job of this process, and the operations the API exposes.
+
+Routes call these methods and do nothing else. Methods that may block (store I/O, numpy on
+large arrays) are plain functions the API runs in a worker thread; `cached_*` methods never
+block and run on the event loop. Rounds are computed on one background thread, one at a time:
+selection is CPU-bound and two at once would only slow each other down on small machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from grace_proto.models import (
+    CheckpointInfo,
+    CheckpointRequest,
+    CreateJobRequest,
+    IngestResponse,
+    JobListResponse,
+    JobResponse,
+    RoundManifest,
+    RoundStatus,
+    ScoreBatchRequest,
+    TriggerRoundRequest,
+)
+from grace_selection.adapters.ports import ScoreStore
+from grace_selection.adapters.store_records import StoreError
+from grace_selection.service.batches import ScoreBatch, parse_batch, score_batch_from_json
+from grace_selection.service.errors import (
+    ConflictError,
+    NotFoundError,
+    NotReadyError,
+    RoundComputingError,
+    UnknownJobError,
+    UnknownRoundError,
+)
+from grace_selection.service.events import NoEvents, ServiceEvents
+from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job, parse_manifest, utc_now
+from grace_selection.service.round_runner import describe, run_round
+from grace_selection.service.rounds import Body, encode_rescore
+from grace_selection.service.specs import JobSpec
+
+log = logging.getLogger("grace_selection.service")
+
+
+class SelectionService:
+    def __init__(
+        self,
+        store: ScoreStore,
+        index_factory: IndexFactory,
+        data_dir: Path,
+        events: ServiceEvents | None = None,
+    ) -> None:
+        self.store = store
+        self.index_factory = index_factory
+        self.data_dir = Path(data_dir)
+        self.events: ServiceEvents = events or NoEvents()
+        self._jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self._rounds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grace-round")
+        self._loaded = threading.Event()
+        self.load_errors: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every job back from the store: snapshot + log replay, manifests, index."""
+        try:
+            for job_id, raw in self.store.read_jobs().items():
+                try:
+                    job = self._load_job(JobSpec.from_bytes(raw))
+                except Exception as exc:
+                    log.exception("job %s could not be loaded", job_id)
+                    self.load_errors[job_id] = f"{type(exc).__name__}: {exc}"
+                    continue
+                with self._jobs_lock:
+                    self._jobs[job_id] = job
+        except StoreError as exc:
+            log.error("the store is unreachable at start-up: %s", exc)
+            self.load_errors["store"] = str(exc)
+        finally:
+            self._loaded.set()
+
+    def _load_job(self, spec: JobSpec) -> Job:
+        job = Job(spec, self._keeper(spec))
+        snapshot = self.store.read_snapshot(spec.job_id)
+        if snapshot is not None:
+            job.arrays.load_snapshot(snapshot.seq, dict(snapshot.arrays))
+        replayed = 0
+        for entry in self.store.read_log(spec.job_id, after_seq=job.arrays.applied_seq):
+            job.arrays.apply(parse_batch(entry.kind, entry.payload, spec.n, spec.dim), entry.seq)
+            replayed += 1
+        for r, raw in self.store.read_manifests(spec.job_id).items():
+            job.manifests[r] = parse_manifest(raw)
+            job.manifest_bytes[r] = raw
+        job.checkpoint_from(self.store.get_document(spec.job_id, CHECKPOINT_DOCUMENT))
+        loaded_index = job.keeper.load()
+        log.info(
+            "loaded job %s: %d log entries replayed, %d rounds, index %s",
+            spec.job_id,
+            replayed,
+            len(job.manifests),
+            "loaded" if loaded_index else "to be built at the next round",
+        )
+        return job
+
+    def close(self) -> None:
+        self._rounds.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+    def readiness(self) -> dict[str, str]:
+        """Named checks; every value "ok" means ready."""
+        checks = {"state": "ok" if self._loaded.is_set() else "loading"}
+        try:
+            self.store.ping()
+            checks["store"] = "ok"
+        except StoreError as exc:
+            checks["store"] = f"unreachable: {exc}"
+        for job_id, error in self.load_errors.items():
+            if job_id != "store":
+                checks[f"job:{job_id}"] = f"failed to load: {error}"
+        return checks
+
+    def job_count(self) -> int:
+        return len(self._jobs)
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self._loaded.wait(timeout)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        if not self._loaded.is_set():
+            raise NotReadyError("the service is still loading its state; retry in a moment")
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise UnknownJobError(
+                f"no job {job_id!r}; create it with POST /v1/jobs or list jobs with GET /v1/jobs",
+                field="job_id",
+            )
+        return job
+
+    def create_job(self, request: CreateJobRequest) -> tuple[JobResponse, bool]:
+        """(the job, True if it was created now); an identical re-create is a no-op."""
+        spec = JobSpec.new(request)
+        with self._jobs_lock:
+            existing = self._jobs.get(request.job_id)
+            if existing is None:
+                if not self.store.create_job(request.job_id, spec.to_bytes()):
+                    raise ConflictError(
+                        f"job {request.job_id!r} exists in the store but not in this process",
+                        field="job_id",
+                    )
+                self._jobs[request.job_id] = existing = Job(spec, self._keeper(spec))
+                log.info("created job %s: n=%d dim=%d", spec.job_id, spec.n, spec.dim)
+                return existing.response(), True
+        if not existing.spec.same_request(request):
+            raise ConflictError(
+                f"job {request.job_id!r} exists with a different spec; delete it first or "
+                "choose another job_id",
+                field="job_id",
+                code="job_exists",
+            )
+        return existing.response(), False
+
+    def list_jobs(self) -> JobListResponse:
+        if not self._loaded.is_set():
+            raise NotReadyError("the service is still loading its state; retry in a moment")
+        with self._jobs_lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.job_id)
+        return JobListResponse(jobs=[job.response() for job in jobs])
+
+    def delete_job(self, job_id: str) -> None:
+        job = self.job(job_id)
+        with job.lock:
+            job.deleted = True
+            with self._jobs_lock:
+                self._jobs.pop(job_id, None)
+            self.store.delete_job(job_id)
+        job.keeper.delete()
+        log.info("deleted job %s", job_id)
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def ingest(self, job_id: str, kind: str, body: bytes) -> IngestResponse:
+        job = self.job(job_id)
+        batch = parse_batch(kind, body, job.spec.n, job.spec.dim)
+        answer = job.ingest(batch, self.store)
+        source = batch.source if isinstance(batch, ScoreBatch) else None
+        self.events.batch_ingested(kind, source, answer.accepted, len(body), answer.duplicate)
+        if isinstance(batch, ScoreBatch) and not answer.duplicate:
+            self._maybe_auto_round(job)
+        return answer
+
+    def ingest_scores_json(self, job_id: str, request: ScoreBatchRequest) -> IngestResponse:
+        job = self.job(job_id)
+        batch = score_batch_from_json(request, job.spec.n)
+        answer = job.ingest(batch, self.store)
+        self.events.batch_ingested(
+            "scores", batch.source, answer.accepted, len(batch.payload), answer.duplicate
+        )
+        if not answer.duplicate:
+            self._maybe_auto_round(job)
+        return answer
+
+    def _maybe_auto_round(self, job: Job) -> None:
+        fraction = job.spec.request.auto_round_fraction
+        if fraction is None or job.computing is not None:
+            return
+        if job.fresh_share_of_plan(self.store) >= fraction:
+            try:
+                manifest = self.trigger_round(job.job_id, None)
+                log.info("auto policy started round %d of job %s", manifest.round, job.job_id)
+            except ConflictError:
+                pass
+
+    # -- rounds ----------------------------------------------------------------------------
+
+    def trigger_round(self, job_id: str, request: TriggerRoundRequest | None) -> RoundManifest:
+        """Start computing the next round (or answer the one in progress)."""
+        job = self.job(job_id)
+        with job.lock:
+            if job.computing is not None:
+                return job.computing
+            if (
+                not np.isfinite(job.arrays.importance).any()
+                and not np.isfinite(job.arrays.loss).any()
+            ):
+                raise ConflictError(
+                    "no scores yet: POST importance or loss to .../scores (round 0 is the "
+                    "warm-up: GET .../rounds/0/rescore lists every sample) before a round",
+                    field="scores",
+                    code="no_scores",
+                )
+            seed = job.spec.request.seed
+            if request is not None and request.seed is not None:
+                seed = request.seed
+            pending = RoundManifest(
+                job_id=job_id,
+                round=job.next_round,
+                status=RoundStatus.COMPUTING,
+                config=job.spec.request.config,
+                seed=seed,
+                created_at=utc_now(),
+            )
+            job.computing = pending
+        self._rounds.submit(self._run, job, pending)
+        return pending
+
+    def _run(self, job: Job, pending: RoundManifest) -> None:
+        try:
+            manifest = run_round(job, self.store, pending)
+        except Exception as exc:
+            log.exception("round %d of job %s failed", pending.round, job.job_id)
+            failed = pending.model_copy(
+                update={"status": RoundStatus.FAILED, "error": f"{type(exc).__name__}: {exc}"}
+            )
+            with job.lock:
+                job.failed = failed
+                job.computing = None
+            self.events.round_failed(failed)
+            return
+        if manifest is not None:
+            log.info(describe(manifest))
+            self.events.round_published(manifest)
+
+    def manifest_json(self, job_id: str, r: str) -> bytes:
+        """A round's manifest: the stored bytes once published (byte-identical forever)."""
+        job = self.job(job_id)
+        round_ = job.resolve_round(r)
+        raw = job.manifest_bytes.get(round_)
+        return raw if raw is not None else job.manifest(round_).model_dump_json().encode()
+
+    def list_rounds(self, job_id: str) -> list[RoundManifest]:
+        job = self.job(job_id)
+        manifests = [job.manifests[r] for r in sorted(job.manifests)]
+        manifests += [m for m in (job.failed, job.computing) if m is not None]
+        return manifests
+
+    def cached_indices(self, job_id: str, r: str, rank: int, world: int, fmt: str) -> Body | None:
+        """The slice if its round is in memory (no I/O: safe on the event loop), else None."""
+        job = self.job(job_id)
+        round_ = job.resolve_round(r)
+        job.published(round_)
+        data = job.cache.get(round_)
+        return None if data is None else data.indices_body(rank, world, fmt)
+
+    def indices(self, job_id: str, r: str, rank: int, world: int, fmt: str) -> Body:
+        job = self.job(job_id)
+        return job.round_data(job.resolve_round(r), self.store).indices_body(rank, world, fmt)
+
+    def rescore(self, job_id: str, r: str, shard: int, of: int, fmt: str) -> Body:
+        """The ids to score *for* round r: round 0 is every sample; round r >= 1 is the plan
+        published with round r - 1. `latest` means the next round to be computed."""
+        job = self.job(job_id)
+        round_ = job.next_round if r == "latest" else int(r)
+        if round_ == 0:
+            key = (shard, of, fmt)
+            plan = np.arange(job.spec.n, dtype=np.int64)
+            return job.warmup_body(
+                key, lambda: encode_rescore(job_id, 0, plan, shard, of, fmt, job.checkpoint)
+            )
+        try:
+            data = job.round_data(round_ - 1, self.store)
+        except UnknownRoundError as exc:
+            raise UnknownRoundError(
+                f"no rescore plan for round {round_} yet: it is published with round "
+                f"{round_ - 1}, which does not exist (newest round: {job.latest})",
+                field="round",
+            ) from exc
+        except RoundComputingError:
+            raise
+        return encode_rescore(job_id, round_, data.rescore, shard, of, fmt, job.checkpoint)
+
+    # -- checkpoint ------------------------------------------------------------------------
+
+    def put_checkpoint(self, job_id: str, request: CheckpointRequest) -> CheckpointInfo:
+        job = self.job(job_id)
+        info = CheckpointInfo(
+            path=request.path, step=request.step, round=request.round, published_at=utc_now()
+        )
+        with job.lock:
+            self.store.put_document(job_id, CHECKPOINT_DOCUMENT, info.model_dump_json().encode())
+            job.checkpoint = info
+            job.clear_warmup_bodies()
+        return info
+
+    def get_checkpoint(self, job_id: str) -> CheckpointInfo:
+        job = self.job(job_id)
+        if job.checkpoint is None:
+            raise NotFoundError(
+                f"job {job_id!r} has no checkpoint yet; PUT one to .../checkpoint",
+                field="checkpoint",
+                code="no_checkpoint",
+            )
+        return job.checkpoint
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _keeper(self, spec: JobSpec) -> GraphKeeper:
+        folder = self.data_dir / "indexes" / spec.job_id
+        return GraphKeeper(spec.n, spec.dim, self.index_factory, folder)

@@ -1,0 +1,139 @@
+"""Computing and publishing one round, off the event loop.
+
+1. Under the job lock, copy what the round needs (scores, and embeddings newer than the graph);
+   ingest goes on while the rest runs.
+2. Update the k-NN graph (build-then-swap inside GraphKeeper), run core.compute_round.
+3. Under the job lock, publish manifest and arrays in one store transaction, then swap the
+   round into memory. Readers see the previous round until that swap, never half a round.
+4. After publishing: snapshot the index, and compact the log when it has grown large.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from grace_proto.models import RoundManifest, RoundStatus, RoundTimings
+from grace_selection.adapters.ports import ScoreStore
+from grace_selection.adapters.store_records import StateSnapshot, StoredRound
+from grace_selection.core.coreset import sha256_of_indices
+from grace_selection.core.rounds import compute_round
+from grace_selection.service.jobs import Job, utc_now
+from grace_selection.service.rounds import RoundData, churn_between
+
+log = logging.getLogger("grace_selection.rounds")
+COMPACT_MIN_BYTES = 64 * 1024 * 1024
+
+
+def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManifest | None:
+    """Compute and publish the round `pending` announces; None if the job was deleted."""
+    start = time.perf_counter()
+    r, config = pending.round, job.spec.config
+    with job.lock:
+        inputs = job.arrays.round_inputs(r, job.keeper.seq)
+    previous_importance = job.previous_importance(store)
+
+    graph_start = time.perf_counter()
+    graph = job.keeper.graph
+    if graph is None or inputs.changed_ids.size:
+        update = job.keeper.update(
+            inputs.changed_ids, inputs.changed_vectors, inputs.seq, config.k, config.drift_threshold
+        )
+        graph = update.graph
+    graph_seconds = time.perf_counter() - graph_start
+
+    select_start = time.perf_counter()
+    result = compute_round(
+        graph, inputs.scores, previous_importance, inputs.fresh, config, round_=r, seed=pending.seed
+    )
+    select_seconds = time.perf_counter() - select_start
+
+    coreset = result.coreset
+    previous = job.round_data(r - 1, store).indices if r > 0 else None
+    manifest = pending.model_copy(
+        update={
+            "status": RoundStatus.PUBLISHED,
+            "count": coreset.size,
+            "indices_sha256": sha256_of_indices(coreset.indices),
+            "digest": coreset.digest,
+            "published_at": utc_now(),
+            "weighted": coreset.weights is not None,
+            "rescore_count": int(result.rescore_plan.size),
+            "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
+            "churn": churn_between(previous, coreset.indices),
+            "timings": RoundTimings(
+                graph_seconds=graph_seconds,
+                # compute_round estimates, selects and plans in one call: its time is here.
+                select_seconds=select_seconds,
+                total_seconds=time.perf_counter() - start,
+            ),
+        }
+    )
+    manifest_bytes = manifest.model_dump_json().encode()
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "indices": coreset.indices,
+        "rescore": result.rescore_plan,
+        "importance": result.importance,
+        "estimated": result.estimated.astype(np.uint8),
+        "loss": inputs.scores.loss,
+    }
+    if coreset.weights is not None:
+        arrays["weights"] = coreset.weights
+    with job.lock:
+        if job.deleted:
+            return None
+        store.publish_round(job.job_id, StoredRound(r, manifest_bytes, arrays))
+        job.cache.put(r, RoundData(manifest, arrays))
+        job.manifest_bytes[r] = manifest_bytes
+        job.manifests[r] = manifest
+        job.last_importance = result.importance
+        job.computing = None
+        job.failed = None
+    _after_publish(job, store, r)
+    return manifest
+
+
+def _after_publish(job: Job, store: ScoreStore, r: int) -> None:
+    """Housekeeping that must not fail a published round: it is only logged when it fails."""
+    try:
+        job.keeper.save(r)
+    except Exception:
+        log.exception("could not snapshot the index of job %s; it will be rebuilt", job.job_id)
+    try:
+        compact_if_due(job, store)
+    except Exception:
+        log.exception("could not compact the log of job %s; replay will take longer", job.job_id)
+
+
+def compact_if_due(job: Job, store: ScoreStore, *, force: bool = False) -> bool:
+    """Snapshot the state and drop the log it covers once the log outgrows the state."""
+    arrays_state = job.arrays
+    if not force and arrays_state.log_bytes < max(COMPACT_MIN_BYTES, arrays_state.state_bytes()):
+        return False
+    with job.lock:
+        if job.deleted:
+            return False
+        seq = arrays_state.applied_seq
+        arrays = arrays_state.snapshot_arrays()
+        arrays_state.log_bytes = 0
+    if seq == 0:
+        return False
+    store.write_snapshot(job.job_id, StateSnapshot(seq, arrays))
+    log.info("compacted job %s through log seq %d", job.job_id, seq)
+    return True
+
+
+def describe(manifest: RoundManifest) -> str:
+    """The one log line per round."""
+    t = manifest.timings
+    churn = "-" if manifest.churn is None else f"{manifest.churn:.3f}"
+    return (
+        f"round published job={manifest.job_id} round={manifest.round} count={manifest.count} "
+        f"rescore_next={manifest.rescore_count} fresh={manifest.rescored_fraction:.3f} "
+        f"churn={churn} graph={t.graph_seconds:.3f}s select={t.select_seconds:.3f}s "
+        f"total={t.total_seconds:.3f}s"
+    )
