@@ -7,6 +7,7 @@ packages=(
     chromium        # the dashboard's browser tests (tests/browser) run it headless
     chromium-driver # ... driven by selenium through /usr/bin/chromedriver
     docker-compose  # `docker-compose config` checks docker-compose.yml offline (tests/unit/test_deploy_compose.py)
+    shellcheck      # lints deploy/**/*.sh as POSIX sh (tests/unit/test_deploy_scripts.py)
 )
 need=()
 for pkg in "${packages[@]}"; do

@@ -125,6 +125,8 @@ def test_redis_persists_with_aof_everysec_a_volume_and_a_ping_healthcheck(
     assert config_source.endswith("deploy/docker/redis.conf")
     assert read_only
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    script_source, _ = mounts["/usr/local/bin/redis-data.sh"]
+    assert script_source.endswith("deploy/docker/redis-data.sh")
 
 
 def test_service_waits_for_healthy_redis_and_reports_readiness(resolved: dict[str, Any]) -> None:

@@ -178,6 +178,7 @@ def test_redis_has_a_persistent_volume_the_same_config_and_a_ping_probe() -> Non
     assert mounts[redis_conf()["dir"]] == claim["metadata"]["name"]
     config = named("ConfigMap", "redis-config")
     assert config["data"]["redis.conf"] == (checks.DOCKER_DIR / "redis.conf").read_text()
+    assert config["data"]["redis-data.sh"] == (checks.DOCKER_DIR / "redis-data.sh").read_text()
     assert container["command"][-1] == "/etc/redis/redis.conf"
     assert "redis-cli ping" in " ".join(container["readinessProbe"]["exec"]["command"])
 
@@ -221,3 +222,30 @@ def user_of(dockerfile: Path) -> int:
         line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER ")
     ]
     return int(users[-1].split(":")[0])
+
+
+def test_restore_pod_mounts_the_redis_claim_and_checks_the_redis_service() -> None:
+    pod = checks.load_yaml(checks.K8S_DIR / "jobs" / "redis-restore.yaml")
+    assert checks.check_k8s_resource(pod) == []
+    statefulset = named("StatefulSet", "redis")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    # A StatefulSet's claims are named <template>-<statefulset>-<ordinal>.
+    expected_claim = f"{claim['metadata']['name']}-{statefulset['metadata']['name']}-0"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (container,) = pod["spec"]["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts[redis_conf()["dir"]]]["persistentVolumeClaim"]["claimName"] == (
+        expected_claim
+    )
+    (redis_container,) = containers(statefulset["spec"]["template"])
+    assert container["image"] == redis_container["image"]
+    config_dir = [m["mountPath"] for m in redis_container["volumeMounts"] if m["name"] == "config"]
+    assert mounts[config_dir[0]] == "config"
+    assert env_of(container)["REDIS_CLI_ARGS"]["value"] == "-h redis"
+    assert named("Service", "redis")["metadata"]["name"] == "redis"
+
+
+def test_compose_and_kubernetes_run_the_same_redis() -> None:
+    compose = checks.load_yaml(checks.COMPOSE_FILE)
+    (redis_container,) = containers(named("StatefulSet", "redis")["spec"]["template"])
+    assert compose["services"]["redis"]["image"] == redis_container["image"]
