@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,85 @@ def test_worker_image_carries_what_ray_up_and_kuberay_call() -> None:
     text = runs(WORKER)
     for tool in ("rsync", "wget"):
         assert re.search(rf"apt-get install[^\n]*\b{tool}\b", text), tool
+
+
+def extra_requirements(extra: str) -> set[str]:
+    """Distribution names an extra pulls, following grace-coresets[...] self-references."""
+    project = checks.pyproject()["project"]
+    names: set[str] = set()
+    for requirement in project["optional-dependencies"][extra]:
+        match = re.match(r"^([A-Za-z0-9_.-]+)(?:\[([^]]*)\])?", requirement)
+        assert match, requirement
+        if match.group(1) == project["name"]:
+            for inner in (match.group(2) or "").split(","):
+                names |= extra_requirements(inner.strip())
+        else:
+            names.add(match.group(1).lower())
+    return names
+
+
+# Runs in a fresh interpreter where the packages named in argv[1] cannot be imported, as in an
+# image that does not install them.
+_BLOCKER = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(name + " is not in this image")
+        return None
+sys.meta_path.insert(0, NotInTheImage())
+"""
+_WORKER_RUNNER = (
+    _BLOCKER
+    + """
+from grace_selection.cli import build_parser
+parser = build_parser()
+print(sorted(parser._subparsers._group_actions[0].choices))
+import grace_workers.pool, grace_workers.worker
+"""
+)
+_SERVICE_RUNNER = (
+    _BLOCKER
+    + """
+from grace_selection.cli import export_openapi
+print(len(export_openapi()))
+"""
+)
+
+
+def run_without(modules: set[str], program: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", program, ",".join(sorted(modules))],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_worker_image_runs_grace_score_without_the_service_extra() -> None:
+    """The worker image installs only [worker]; `grace score` must not need service packages."""
+    service_only = extra_requirements("service") - extra_requirements("worker")
+    modules = {name.replace("-", "_") for name in service_only}
+    assert {"fastapi", "hnswlib", "redis"} <= modules
+    result = run_without(modules, _WORKER_RUNNER)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "'score'" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_service_image_builds_the_whole_app_without_the_worker_extra() -> None:
+    """The service image installs [service,dashboard]: no torch, no Ray, no client packages."""
+    installed = extra_requirements("service") | extra_requirements("dashboard")
+    worker_only = extra_requirements("worker") - installed
+    modules = {name.replace("-", "_") for name in worker_only}
+    assert {"torch", "ray", "httpx"} <= modules
+    result = run_without(modules, _SERVICE_RUNNER)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip()) > 1000
+
+
+def test_blocking_a_needed_package_is_noticed() -> None:
+    result = run_without({"fastapi"}, _SERVICE_RUNNER)
+    assert result.returncode != 0
+    assert "fastapi is not in this image" in result.stderr
