@@ -156,10 +156,17 @@ class CoresetSampler(Sampler[int]):
             "world": self.world,
         }
 
-    def epoch_state_dict(self) -> dict[str, Any]:
-        """The state at the start of the current epoch (for loops that skip batches themselves,
-        like Hugging Face's Trainer on resume)."""
+    def epoch_state_dict(self, *, completed: bool = False) -> dict[str, Any]:
+        """The state at the start of the current epoch, or with `completed`, at its end.
+
+        For loops that fast-forward through an epoch themselves on resume (Hugging Face's
+        Trainer skips the batches it already trained on): they need the epoch's start, or
+        when the checkpoint falls exactly on an epoch boundary, the next epoch's start.
+        """
         round_, offset = self._epoch_start
+        if completed and round_ == self._slice.round:
+            length = len(self._slice)
+            offset = (offset // length + 1) * length if length else 0
         return {**self.state_dict(), "round": round_, "offset": offset}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

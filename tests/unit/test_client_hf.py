@@ -1,0 +1,174 @@
+"""The Hugging Face Trainer integration on a tiny GPT-2 built locally (no hub, CPU).
+
+Slices come from an in-memory source that also records reported losses, so the test sees
+exactly which samples each step trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
+
+from grace_client.hf import (
+    GraceIndexedDataset,
+    GraceTrainer,
+    per_sample_causal_lm_loss,
+    per_sample_loss,
+)
+from tests.unit.test_reporter_queue import StandInClient
+from tests.unit.test_sampler_properties import MemorySource
+
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+class ServiceStandIn(MemorySource, StandInClient):
+    """Slices (MemorySource) and report ingest (StandInClient) in one object."""
+
+    def __init__(self, coresets: dict[int, Any]) -> None:
+        MemorySource.__init__(self, coresets)
+        StandInClient.__init__(self)
+
+    def trained(self) -> list[tuple[int, list[int]]]:
+        """(step, ids) of every reported batch, in step order."""
+        with self.lock:
+            batches = [(b["step"], sorted(b["ids"])) for b in self.applied.values()]
+        return sorted(batches)
+
+
+class TokenDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    def __init__(self, n: int = 64, length: int = 12) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.tokens = torch.randint(0, 64, (n, length), generator=gen)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    return GPT2LMHeadModel(config)
+
+
+class PublishRound1(TrainerCallback):
+    """Publishes round 1 during the first epoch, as the service would after a round."""
+
+    def __init__(self, service: ServiceStandIn, trainer: GraceTrainer) -> None:
+        self.service, self.trainer = service, trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 2 and self.service.latest == 0:
+            self.service.publish(1, np.arange(32, 52))
+            if self.trainer.grace_sampler is not None:
+                self.trainer.grace_sampler.poll()
+
+
+def make_trainer(
+    service: ServiceStandIn, out: Path, *, max_steps: int, save_steps: int = 1000
+) -> GraceTrainer:
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        save_steps=save_steps,
+        save_strategy="steps",
+        logging_steps=1000,
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        learning_rate=1e-3,
+        seed=0,
+    )
+    trainer = GraceTrainer(
+        model=tiny_gpt2(),
+        args=args,
+        train_dataset=GraceIndexedDataset(TokenDataset()),
+        data_collator=default_data_collator,
+        grace_client=service,  # type: ignore[arg-type]
+        grace_job="job",
+        grace_seed=1,
+    )
+    trainer.add_callback(PublishRound1(service, trainer))
+    return trainer
+
+
+def test_per_sample_loss_matches_the_model_loss_row_by_row() -> None:
+    model = tiny_gpt2().eval()
+    tokens = TokenDataset(n=3).tokens
+    labels = tokens.clone()
+    labels[1, 7:] = -100  # a padded row: only its first tokens count
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits
+        per = per_sample_causal_lm_loss(logits, labels)
+        for row in range(3):
+            own = model(input_ids=tokens[row : row + 1], labels=labels[row : row + 1]).loss
+            assert per[row].item() == pytest.approx(own.item(), rel=1e-5)
+    nothing = torch.full_like(labels, -100)
+    assert torch.isnan(per_sample_causal_lm_loss(logits, nothing)).all()
+    classes = per_sample_loss(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]), causal=False)
+    assert classes is not None
+    assert classes.shape == (4,)
+
+
+@pytest.mark.slow
+def test_trainer_trains_on_the_coreset_and_reports_losses_without_a_second_forward(
+    tmp_path: Path,
+) -> None:
+    service = ServiceStandIn({0: np.arange(0, 24)})
+    trainer = make_trainer(service, tmp_path / "run", max_steps=8)
+    forwards = {"n": 0}
+    trainer.model.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
+    trainer.train()
+    trained = service.trained()
+    assert [step for step, _ in trained] == list(range(8))
+    assert forwards["n"] == 8  # one forward per step: the losses came from its logits
+    first_epoch = [i for _, ids in trained[:6] for i in ids]
+    assert sorted(first_epoch) == list(range(24))  # 24 coreset samples, 6 steps of 4
+    assert all(set(ids) <= set(range(32, 52)) for _, ids in trained[6:])  # round 1 after it
+    for batch in service.applied.values():
+        assert np.isfinite(batch["loss"]).all()
+        assert batch["source"] == "trainer"
+    assert trainer.grace_reporter is not None
+    assert trainer.grace_reporter.stats.sent_batches == 8
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[int, list[int]]]:
+    """What an uninterrupted 8-step run trains on: epoch 1 on round 0, then round 1."""
+    service = ServiceStandIn({0: np.arange(0, 24)})
+    make_trainer(service, tmp_path_factory.mktemp("reference"), max_steps=8).train()
+    return service.trained()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("save_at", [4, 6])
+def test_resume_from_a_checkpoint_trains_on_exactly_the_remaining_samples(
+    tmp_path: Path, save_at: int, reference_run: list[tuple[int, list[int]]]
+) -> None:
+    # Step 4 is mid-epoch (the Trainer skips 4 batches); step 6 is an epoch boundary.
+    interrupted = ServiceStandIn({0: np.arange(0, 24)})
+    make_trainer(interrupted, tmp_path / "run", max_steps=save_at, save_steps=save_at).train()
+    checkpoint = tmp_path / "run" / f"checkpoint-{save_at}"
+    assert (checkpoint / "grace_sampler.json").exists()
+
+    resumed = ServiceStandIn({0: np.arange(0, 24)})
+    resumed.publish(1, np.arange(32, 52))  # by now the service has published round 1
+    make_trainer(resumed, tmp_path / "run", max_steps=8).train(
+        resume_from_checkpoint=str(checkpoint)
+    )
+    assert resumed.trained() == [(s, ids) for s, ids in reference_run if s >= save_at]
