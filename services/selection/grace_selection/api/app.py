@@ -25,6 +25,7 @@ from grace_selection.api.errors import install_error_handlers
 from grace_selection.api.limits import BodyLimit
 from grace_selection.api.metrics import RequestTimer, ServiceMetrics
 from grace_selection.api.routes import health, ingest, inspection, jobs, rounds
+from grace_selection.dashboard.router import create_dashboard_router
 from grace_selection.service.graph_keeper import IndexFactory
 from grace_selection.service.registry import SelectionService
 from grace_selection.settings import ServiceSettings
@@ -98,6 +99,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, jobs, ingest, rounds, inspection):
         app.include_router(module.router)
+    app.include_router(create_dashboard_router(reads_require_token=settings.reads_require_token))
     # Added last = outermost: the timer sees every request, including refused bodies.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)

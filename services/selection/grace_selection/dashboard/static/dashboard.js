@@ -325,6 +325,17 @@ function start() {
   }
   if (fragment.sample !== null && fragment.sample !== "") state.sampleId = Number(fragment.sample);
   bindControls();
+  // A pasted link (#token=..., #job=..., #sample=...) on the open page does not reload it.
+  window.addEventListener("hashchange", async () => {
+    const next = readFragment();
+    if (next.token) {
+      api.setToken(next.token);
+      show($("token-form"), false);
+    }
+    if (next.job && next.job !== state.jobId) await selectJob(next.job);
+    else await poll();
+    if (next.sample !== null && next.sample !== "") await openSample(next.sample);
+  });
   poll();
 }
 

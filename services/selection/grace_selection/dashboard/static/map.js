@@ -257,8 +257,9 @@ export class PointMap {
   /** Draw now: the interactive subset while the user is moving the map, else everything. */
   render({ interactive = performance.now() < this.interactUntil, sync = false } = {}) {
     const partial = interactive && this.budget < this.count;
+    this.lastDrawn = partial ? this.budget : this.count;
     const t0 = performance.now();
-    this.renderer.draw(this.viewState(), partial ? this.budget : this.count, partial, sync);
+    this.renderer.draw(this.viewState(), this.lastDrawn, partial, sync);
     const ms = performance.now() - t0;
     this.drawOverlay();
     return ms;
