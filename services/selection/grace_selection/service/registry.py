@@ -41,7 +41,7 @@ from grace_selection.service.errors import (
 from grace_selection.service.events import NoEvents, ServiceEvents
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job, parse_manifest, utc_now
-from grace_selection.service.round_runner import describe, run_round
+from grace_selection.service.round_runner import after_publish, describe, run_round
 from grace_selection.service.rounds import Body, encode_rescore
 from grace_selection.service.specs import JobSpec
 
@@ -268,6 +268,7 @@ class SelectionService:
         if manifest is not None:
             log.info(describe(manifest))
             self.events.round_published(manifest)
+            after_publish(job, self.store, manifest.round)
 
     def manifest_json(self, job_id: str, r: str) -> bytes:
         """A round's manifest: the stored bytes once published (byte-identical forever)."""

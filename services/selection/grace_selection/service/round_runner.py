@@ -5,7 +5,8 @@
 2. Update the k-NN graph (build-then-swap inside GraphKeeper), run core.compute_round.
 3. Under the job lock, publish manifest and arrays in one store transaction, then swap the
    round into memory. Readers see the previous round until that swap, never half a round.
-4. After publishing: snapshot the index, and compact the log when it has grown large.
+4. After publishing (`after_publish`): snapshot the index, and compact the log once it has
+   grown large.
 """
 
 from __future__ import annotations
@@ -40,8 +41,18 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
     graph_start = time.perf_counter()
     graph = job.keeper.graph
     if graph is None or inputs.changed_ids.size:
+
+        def fetch_all() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
+            with job.lock:
+                return job.arrays.embedded()
+
         update = job.keeper.update(
-            inputs.changed_ids, inputs.changed_vectors, inputs.seq, config.k, config.drift_threshold
+            inputs.changed_ids,
+            inputs.changed_vectors,
+            inputs.seq,
+            config.k,
+            config.drift_threshold,
+            fetch_all,
         )
         graph = update.graph
     graph_seconds = time.perf_counter() - graph_start
@@ -93,11 +104,10 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
         job.last_importance = result.importance
         job.computing = None
         job.failed = None
-    _after_publish(job, store, r)
     return manifest
 
 
-def _after_publish(job: Job, store: ScoreStore, r: int) -> None:
+def after_publish(job: Job, store: ScoreStore, r: int) -> None:
     """Housekeeping that must not fail a published round: it is only logged when it fails."""
     try:
         job.keeper.save(r)

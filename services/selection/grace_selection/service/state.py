@@ -99,6 +99,13 @@ class JobArrays:
             seq=self.applied_seq,
         )
 
+    def embedded(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
+        """(ids, copies of their embeddings, the log seq they reflect) of every embedded sample."""
+        ids = np.flatnonzero(self.embedding_seq).astype(np.int64)
+        if self.embeddings is None:
+            return ids, np.zeros((0, self.dim), dtype=np.float32), self.applied_seq
+        return ids, self.embeddings[ids], self.applied_seq
+
     def snapshot_arrays(self) -> dict[str, npt.NDArray[Any]]:
         """Copies of every array, for compaction off the lock."""
         arrays: dict[str, npt.NDArray[Any]] = {

@@ -1,0 +1,103 @@
+"""GraphKeeper: first build, incremental repair of drifted samples, rebuild when most moved,
+and snapshots that a restart loads (or rejects when damaged)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from grace_selection.adapters.brute_force_index import BruteForceIndex
+from grace_selection.adapters.ports import NeighborIndex
+from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+
+N, DIM, K = 300, 12, 5
+
+
+def brute(dim: int) -> NeighborIndex:
+    return BruteForceIndex(dim)
+
+
+FACTORY = IndexFactory("brute", brute, BruteForceIndex.load)
+
+
+def exact_graph(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
+    index = BruteForceIndex(vectors.shape[1])
+    index.upsert(np.arange(vectors.shape[0], dtype=np.int64), vectors)
+    return index.knn_graph(K).neighbors
+
+
+def keeper_with(vectors: npt.NDArray[np.float32], folder: Path) -> GraphKeeper:
+    keeper = GraphKeeper(N, DIM, FACTORY, folder)
+    ids = np.arange(N, dtype=np.int64)
+    keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+    return keeper
+
+
+def data(seed: int) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N, DIM)).astype(np.float32)
+
+
+def test_first_update_builds_the_exact_graph(tmp_path: Path) -> None:
+    vectors = data(0)
+    keeper = keeper_with(vectors, tmp_path)
+    assert keeper.graph is not None
+    np.testing.assert_array_equal(keeper.graph.neighbors, exact_graph(vectors))
+
+
+def test_drifted_samples_are_relinked_and_small_moves_ignored(tmp_path: Path) -> None:
+    vectors = data(1)
+    keeper = keeper_with(vectors, tmp_path)
+    rng = np.random.default_rng(2)
+    moved = np.array([3, 50, 77], dtype=np.int64)
+    nudged = np.array([4, 5], dtype=np.int64)
+    new = vectors.copy()
+    new[moved] = rng.normal(size=(3, DIM))  # far away: cosine distance ~1
+    new[nudged] += 1e-4  # well inside tau
+    ids = np.concatenate([moved, nudged])
+    update = keeper.update(ids, new[ids], 2, K, 0.1, lambda: (np.arange(N), new, 2))
+    assert (update.upserted, update.rebuilt) == (3, False)
+    # The moved samples' own rows are exact for their new place.
+    oracle = exact_graph(np.where(np.isin(np.arange(N), moved)[:, None], new, vectors))
+    np.testing.assert_array_equal(update.graph.neighbors[moved], oracle[moved])
+    assert keeper.seq == 2
+
+
+def test_moving_most_samples_rebuilds_from_all_embeddings(tmp_path: Path) -> None:
+    keeper = keeper_with(data(3), tmp_path)
+    new = data(4)
+    ids = np.arange(N, dtype=np.int64)
+    update = keeper.update(ids, new, 3, K, 0.1, lambda: (ids, new, 3))
+    assert update.rebuilt
+    np.testing.assert_array_equal(update.graph.neighbors, exact_graph(new))
+
+
+def test_samples_without_embeddings_have_no_edges(tmp_path: Path) -> None:
+    keeper = GraphKeeper(N, DIM, FACTORY, tmp_path)
+    ids = np.arange(0, N, 2, dtype=np.int64)
+    vectors = data(5)[ids]
+    update = keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+    assert (update.graph.neighbors[1::2] == -1).all()
+    assert (update.graph.neighbors[0::2] >= 0).all()
+    assert set(np.unique(update.graph.neighbors[0::2]).tolist()) <= set(ids.tolist())
+
+
+def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
+    keeper = keeper_with(data(6), tmp_path / "idx")
+    keeper.save(round_=0)
+    loaded = GraphKeeper(N, DIM, FACTORY, tmp_path / "idx")
+    assert loaded.load()
+    assert loaded.seq == keeper.seq
+    assert loaded.graph is not None
+    assert keeper.graph is not None
+    np.testing.assert_array_equal(loaded.graph.neighbors, keeper.graph.neighbors)
+    for index_dir in (tmp_path / "idx").glob("index-*"):
+        shutil.rmtree(index_dir)
+    assert not GraphKeeper(N, DIM, FACTORY, tmp_path / "idx").load()
+    assert not GraphKeeper(N + 1, DIM, FACTORY, tmp_path / "other").load()
+    keeper.delete()
+    keeper.save(round_=1)  # a deleted job's keeper writes nothing
+    assert not (tmp_path / "idx").exists()
