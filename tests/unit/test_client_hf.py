@@ -108,7 +108,8 @@ def make_trainer(
 
 
 def test_per_sample_loss_matches_the_model_loss_row_by_row() -> None:
-    model = tiny_gpt2().eval()
+    model = tiny_gpt2()
+    model.train(False)
     tokens = TokenDataset(n=3).tokens
     labels = tokens.clone()
     labels[1, 7:] = -100  # a padded row: only its first tokens count
@@ -132,7 +133,9 @@ def test_trainer_trains_on_the_coreset_and_reports_losses_without_a_second_forwa
     service = ServiceStandIn({0: np.arange(0, 24)})
     trainer = make_trainer(service, tmp_path / "run", max_steps=8)
     forwards = {"n": 0}
-    trainer.model.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
+    model = trainer.model
+    assert isinstance(model, torch.nn.Module)
+    model.register_forward_hook(lambda *_: forwards.__setitem__("n", forwards["n"] + 1))
     trainer.train()
     trained = service.trained()
     assert [step for step, _ in trained] == list(range(8))

@@ -27,8 +27,8 @@ class StandInClient:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
-        self.up = threading.Event()
-        self.up.set()
+        self.online = threading.Event()
+        self.online.set()
         self.refuse: set[str] = set()
         self.applied: dict[str, dict[str, Any]] = {}
         self.attempts = 0
@@ -46,7 +46,7 @@ class StandInClient:
         with self.lock:
             self.attempts += 1
         time.sleep(self.delay)
-        if not self.up.is_set():
+        if not self.online.is_set():
             raise ServiceUnavailable("stand-in is down", attempts=1)
         batch_id = kw["batch_id"]
         if batch_id in self.refuse:
@@ -109,14 +109,14 @@ def test_batch_ids_are_deterministic_so_a_replay_counts_once() -> None:
 
 def test_an_outage_is_ridden_out_without_losing_reports() -> None:
     client = StandInClient()
-    client.up.clear()
+    client.online.clear()
     rep = reporter(client)
     for step in range(10):
         rep.report([step], [float(step)], step=step)
     time.sleep(0.1)
     assert rep.stats.pending_samples >= 9
     assert client.samples() == []
-    client.up.set()
+    client.online.set()
     assert rep.flush(timeout=10)
     assert client.samples() == list(range(10))
     assert rep.close().dropped_samples == 0
@@ -124,7 +124,7 @@ def test_an_outage_is_ridden_out_without_losing_reports() -> None:
 
 def test_memory_is_bounded_by_dropping_the_oldest_reports() -> None:
     client = StandInClient()
-    client.up.clear()
+    client.online.clear()
     one_report = 4 * (8 + 4)  # 4 ids (int64) and 4 losses (float32)
     rep = reporter(client, max_pending_bytes=5 * one_report)
     for step in range(50):
@@ -132,7 +132,7 @@ def test_memory_is_bounded_by_dropping_the_oldest_reports() -> None:
         assert rep.stats.pending_bytes <= 5 * one_report
     dropped = rep.stats.dropped_samples
     assert dropped >= 4 * 44  # at most 5 waiting reports plus the one in flight survive
-    client.up.set()
+    client.online.set()
     stats = rep.close(timeout=10)
     delivered = client.samples()
     assert len(delivered) + stats.dropped_samples == 200
@@ -141,7 +141,7 @@ def test_memory_is_bounded_by_dropping_the_oldest_reports() -> None:
 
 def test_block_policy_waits_then_drops_the_new_report() -> None:
     client = StandInClient()
-    client.up.clear()
+    client.online.clear()
     rep = reporter(client, max_pending_bytes=12, overflow="block", block_timeout=0.2)
     rep.report([1], [1.0], step=0)
     time.sleep(0.05)  # the first report is taken up by the sender (and fails, and comes back)
@@ -150,7 +150,7 @@ def test_block_policy_waits_then_drops_the_new_report() -> None:
     rep.report([3], [1.0], step=2)  # no room: waits block_timeout, then gives up on it
     assert time.perf_counter() - started >= 0.15
     assert rep.stats.dropped_samples >= 1
-    client.up.set()
+    client.online.set()
     rep.close(timeout=10)
     assert 3 not in client.samples()
 
@@ -205,7 +205,7 @@ def test_torch_tensors_with_grad_are_accepted() -> None:
 
 def test_close_with_the_service_down_returns_in_time_and_counts_the_loss() -> None:
     client = StandInClient()
-    client.up.clear()
+    client.online.clear()
     rep = reporter(client)
     rep.report([1, 2, 3], [1.0, 1.0, 1.0], step=0)
     started = time.perf_counter()
