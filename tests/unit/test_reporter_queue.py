@@ -16,7 +16,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from grace_client import GraceAPIError, GraceError, ScoreReporter, ServiceUnavailable
+from grace_client import ConflictError, GraceAPIError, GraceError, ScoreReporter, ServiceUnavailable
 from grace_proto.models import IngestResponse
 
 
@@ -51,6 +51,9 @@ class StandInClient:
         batch_id = kw["batch_id"]
         if batch_id in self.refuse:
             raise GraceAPIError(422, "ids_out_of_range", "ids must be < 100", "arrays.ids")
+        earlier = self.applied.get(batch_id, {}).get("loss")
+        if earlier is not None and not np.array_equal(earlier, kw.get("loss")):
+            raise ConflictError(409, "batch_id_reused", "same id, other content", "meta.batch_id")
         with self.lock:
             duplicate = batch_id in self.applied
             if not duplicate:
@@ -229,3 +232,27 @@ def test_bad_reports_are_refused_at_the_call_naming_the_argument() -> None:
     with pytest.raises(ValueError, match="run"):
         reporter(StandInClient(), run="has space")
     rep.close()
+
+
+def test_a_sample_named_twice_in_one_report_is_sent_once_with_its_last_loss() -> None:
+    client = StandInClient()
+    rep = reporter(client)
+    rep.report([4, 2, 4, 9], [1.0, 2.0, 3.0, 4.0], step=0)
+    rep.close()
+    sent = client.applied["trainer.default.k0.r0.s0.n0.c0"]
+    assert sorted(zip(sent["ids"], sent["loss"].tolist(), strict=True)) == [
+        (2, 2.0),
+        (4, 3.0),
+        (9, 4.0),
+    ]
+
+
+def test_a_replayed_step_with_other_losses_counts_as_a_duplicate_not_a_failure() -> None:
+    client = StandInClient()
+    reporter(client).report([1, 2], [0.5, 0.5], step=3)
+    replay = reporter(client)
+    replay.report([1, 2], [0.5001, 0.4999], step=3)  # nondeterministic kernels after a resume
+    stats = replay.close()
+    assert stats.failed_batches == 0
+    assert stats.duplicate_batches == 1
+    assert client.applied["trainer.default.k0.r0.s3.n0.c0"]["loss"].tolist() == [0.5, 0.5]

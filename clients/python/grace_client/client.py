@@ -256,41 +256,40 @@ class CoresetClient:
             cached = self.cache.get_slice(job, r, rank, world)
             if cached is not None:
                 return cached
-        deadline = time.monotonic() + (self.timeout if wait is None else wait)
         path = f"{_job(job)}/rounds/{_round(r)}/indices"
         params = {"rank": rank, "world": world, "format": "bin"}
-        while True:
-            response = self._transport.request("GET", path, params=params, ok_statuses=(202,))
-            if response.status_code != 202:
-                break
-            retry_after = parse_retry_after(response.headers.get("Retry-After")) or 1.0
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RoundNotReadyError(
-                    f"round {r} of job {job!r} is still computing; retry in {retry_after:.1f}s",
-                    round_=r,
-                    retry_after=retry_after,
-                )
-            time.sleep(min(retry_after, remaining))
+        response = self._get_when_ready(path, params, job=job, r=r, wait=wait)
         piece = _parse_indices(response.headers.get("Content-Type", ""), response.content)
         _verify_slice(piece, job)
         self.cache.put_slice(piece)
         return piece
 
-    def get_rescore_plan(self, job: str, r: int, shard: int = 0, of: int = 1) -> RescorePlan:
-        """The ids shard `shard` of `of` must score for round r + 1, and the checkpoint to use."""
+    def get_rescore_plan(
+        self, job: str, r: RoundRef, shard: int = 0, of: int = 1, *, wait: float | None = None
+    ) -> RescorePlan:
+        """The ids shard `shard` of `of` must score *for* round r, and the checkpoint to use.
+
+        Round 0's plan is every sample; round r's is the plan published with round r - 1
+        (while that round computes, this waits up to `wait` seconds like get_indices).
+        """
         if not (of >= 1 and 0 <= shard < of):
             raise ValueError(f"shard: must be in [0, {of - 1}] for of={of}, got {shard}")
         params = {"shard": shard, "of": of, "format": "bin"}
-        response = self._request("GET", f"{_job(job)}/rounds/{r}/rescore", params=params)
+        path = f"{_job(job)}/rounds/{_round(r)}/rescore"
+        response = self._get_when_ready(path, params, job=job, r=r, wait=wait)
         return decode_rescore_plan(
-            decode_frame(response.content), job=job, round_=r, shard=shard, of=of
+            decode_frame(response.content),
+            job=job,
+            round_=r if isinstance(r, int) else -1,  # "latest": the frame's meta says which
+            shard=shard,
+            of=of,
         )
 
-    def get_round_stats(self, job: str, r: RoundRef, bins: int = 30) -> RoundStatsResponse:
-        response = self._request(
-            "GET", f"{_job(job)}/rounds/{_round(r)}/stats", params={"bins": bins}
-        )
+    def get_round_stats(
+        self, job: str, r: RoundRef, bins: int = 30, *, wait: float | None = None
+    ) -> RoundStatsResponse:
+        path = f"{_job(job)}/rounds/{_round(r)}/stats"
+        response = self._get_when_ready(path, {"bins": bins}, job=job, r=r, wait=wait)
         return RoundStatsResponse.model_validate_json(response.content)
 
     def get_projection(
@@ -344,6 +343,31 @@ class CoresetClient:
         return self._transport.request(
             method, path, params=params, json=json, idempotent=idempotent
         )
+
+    def _get_when_ready(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        job: str,
+        r: RoundRef,
+        wait: float | None,
+    ) -> httpx.Response:
+        """GET a round resource, waiting as told while the service answers 202 (computing)."""
+        deadline = time.monotonic() + (self.timeout if wait is None else wait)
+        while True:
+            response = self._transport.request("GET", path, params=params, ok_statuses=(202,))
+            if response.status_code != 202:
+                return response
+            retry_after = parse_retry_after(response.headers.get("Retry-After")) or 1.0
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RoundNotReadyError(
+                    f"round {r} of job {job!r} is still computing; retry in {retry_after:.1f}s",
+                    round_=r,
+                    retry_after=retry_after,
+                )
+            time.sleep(min(retry_after, remaining))
 
     def _ingest(self, method: str, path: str, body: bytes) -> IngestResponse:
         response = self._transport.request(method, path, content=body, content_type=MEDIA_TYPE)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from grace_client.errors import GraceAPIError, GraceError, ServiceUnavailable
+from grace_client.errors import ConflictError, GraceAPIError, GraceError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from grace_client.client import CoresetClient
@@ -261,6 +261,11 @@ class ScoreReporter:
         step: int,
         seq: int,
     ) -> list[_Batch]:
+        # The service refuses a batch that names a sample twice; the last report of it wins.
+        _, last = np.unique(ids[::-1], return_index=True)
+        unique = np.zeros(ids.shape[0], dtype=bool)
+        unique[ids.shape[0] - 1 - last] = True
+        keep = keep & unique if not unique.all() else keep
         if not keep.all():
             ids = ids[keep]
             loss = None if loss is None else loss[keep]
@@ -340,6 +345,12 @@ class ScoreReporter:
                 if not outage_logged:
                     log.warning("reporting paused, will retry: %s", exc)
                     outage_logged = True
+            except ConflictError as exc:
+                # batch_id_reused: a replayed step (after a resume) computed slightly different
+                # losses; the first report of that step stands, which is what we want.
+                log.debug("report batch %s already applied: %s", batch.batch_id, exc)
+                with self._cond:
+                    self._counts["duplicate_batches"] += 1
             except GraceAPIError as exc:
                 log.error("the service refused report batch %s: %s", batch.batch_id, exc)
                 with self._cond:
