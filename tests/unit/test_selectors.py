@@ -430,3 +430,14 @@ def test_select_coreset_rejects_mismatched_or_bad_inputs() -> None:
         select_coreset(graph, _scores(50, 0), config, round_=0, seed=-1)
     with pytest.raises(ValueError, match="round_ must be an integer >= 0"):
         select_coreset(graph, _scores(50, 0), config, round_=-2, seed=0)
+
+
+def test_sparse_stratum_tags_work_like_dense_ones() -> None:
+    graph, scores = make_graph(300, 6, 6), _scores(300, 6, strata=3)
+    assert scores.stratum is not None
+    sparse = ScoreTable(scores.loss, scores.importance, scores.scored_round, scores.stratum * 10**8)
+    dense_cfg = SelectionConfig(stratum_budgets={0: 0.5, 1: 0.25, 2: 0.25})
+    sparse_cfg = SelectionConfig(stratum_budgets={0: 0.5, 10**8: 0.25, 2 * 10**8: 0.25})
+    dense_pick = select_coreset(graph, scores, dense_cfg, round_=0, seed=3)
+    sparse_pick = select_coreset(graph, sparse, sparse_cfg, round_=0, seed=3)
+    assert np.array_equal(dense_pick.indices, sparse_pick.indices)

@@ -69,7 +69,8 @@ def pick_with_down_weighting(
 
     The heap holds only samples that could still be the max: candidates are admitted in
     descending order of their forward score, an upper bound of their current score, as soon
-    as that bound reaches the heap top. So the heap stays near K entries instead of N.
+    as that bound reaches the heap top, and enter with their current score (one stale pop
+    fewer for those already pushed down). So the heap stays far below N entries.
     """
     candidates = np.flatnonzero(eligible)
     order = candidates[np.lexsort((candidates, -scores[candidates]))]  # by score desc, id asc
@@ -85,7 +86,7 @@ def pick_with_down_weighting(
     picks: list[int] = []
     while len(picks) < budget:
         while admitted < total and (not heap or (bound[admitted], ids[admitted]) < heap[0]):
-            push(heap, (bound[admitted], ids[admitted]))
+            push(heap, (negated[ids[admitted]], ids[admitted]))
             admitted += 1
         key, i = pop(heap)
         if key != negated[i]:

@@ -42,16 +42,21 @@ def partition_by_stratum(
     n = graph.n
     if stratum is None:
         return [StratumPart(None, np.arange(n, dtype=np.int64), graph, budget)]
-    sizes = np.bincount(stratum, minlength=0).astype(np.int64)
-    budgets = split_budget(budget, sizes, shares)
-    order = np.argsort(stratum, kind="stable").astype(np.int64)  # members ascending per stratum
+    # Tags may be sparse (e.g. 7 and 10**9); work on their positions 0..S-1 in sorted order.
+    tags, group = np.unique(stratum, return_inverse=True)
+    sizes = np.bincount(group, minlength=tags.shape[0]).astype(np.int64)
+    by_position = (
+        None if shares is None else {i: shares.get(int(t), 0.0) for i, t in enumerate(tags)}
+    )
+    budgets = split_budget(budget, sizes, by_position)
+    order = np.argsort(group, kind="stable").astype(np.int64)  # members ascending per stratum
     first = np.cumsum(sizes) - sizes
     local_id = np.empty(n, dtype=np.int64)
-    local_id[order] = np.arange(n, dtype=np.int64) - first[stratum[order]]
+    local_id[order] = np.arange(n, dtype=np.int64) - first[group[order]]
 
     nb = graph.neighbors
     safe = np.where(nb != NO_NEIGHBOR, nb, 0)
-    same = (nb != NO_NEIGHBOR) & (stratum[safe] == stratum[:, None])  # (N, k)
+    same = (nb != NO_NEIGHBOR) & (group[safe] == group[:, None])  # (N, k)
     local_nb = np.where(same, local_id[safe], NO_NEIGHBOR).astype(np.int32)
     local_sim = np.where(same, graph.similarities, np.float32(0.0)).astype(np.float32)
 
@@ -59,5 +64,5 @@ def partition_by_stratum(
     for s in np.flatnonzero(budgets):
         members = order[first[s] : first[s] + sizes[s]]
         sub = KnnGraph(local_nb[members], local_sim[members])
-        parts.append(StratumPart(int(s), members, sub, int(budgets[s])))
+        parts.append(StratumPart(int(tags[s]), members, sub, int(budgets[s])))
     return parts
