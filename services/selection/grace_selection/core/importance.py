@@ -25,7 +25,8 @@ def normalize_importance(values: npt.ArrayLike) -> npt.NDArray[np.float32]:
 
     values: (N,) any real dtype; NaN means unknown and stays NaN in the output.
     Ties share their average rank, so equal scores always get equal utility. The smallest
-    of m known values maps to 1/m (or more, if tied), never to 0.
+    of m known values maps to 1/m (or more, if tied), never to 0. float32 keeps neighbouring
+    ranks distinct up to about 16M known values; beyond that, near neighbours may round together.
     Returns (N,) float32.
     """
     arr = np.asarray(values, dtype=np.float64)
