@@ -22,6 +22,7 @@ from grace_selection import __version__
 from grace_selection.adapters.ports import NeighborIndex, ScoreStore
 from grace_selection.api.auth import TokenGuard
 from grace_selection.api.errors import install_error_handlers
+from grace_selection.api.fast_path import IndicesFastPath
 from grace_selection.api.limits import BodyLimit
 from grace_selection.api.metrics import RequestTimer, ServiceMetrics
 from grace_selection.api.routes import health, ingest, inspection, jobs, rounds
@@ -101,6 +102,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(create_dashboard_router(reads_require_token=settings.reads_require_token))
     # Added last = outermost: the timer sees every request, including refused bodies.
+    app.add_middleware(IndicesFastPath, state=app.state)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]

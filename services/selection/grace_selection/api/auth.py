@@ -25,6 +25,13 @@ class TokenGuard:
         self._token = None if token is None else token.get_secret_value().encode()
         self._reads = reads_require_token
 
+    def allows_read(self, authorization: str | None) -> bool:
+        """Whether a raw Authorization header may read (the fast path's check; no error)."""
+        if self._token is None or not self._reads:
+            return True
+        scheme, _, value = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), self._token)
+
     def check(self, credentials: HTTPAuthorizationCredentials | None, *, write: bool) -> None:
         if self._token is None or (not write and not self._reads):
             return
@@ -47,12 +54,14 @@ class TokenGuard:
             )
 
 
-def require_write(request: Request, credentials: Credentials) -> None:
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in the thread
+# pool, a hop that costs more than the check itself on the hot read path.
+async def require_write(request: Request, credentials: Credentials) -> None:
     guard: TokenGuard = request.app.state.guard
     guard.check(credentials, write=True)
 
 
-def require_read(request: Request, credentials: Credentials) -> None:
+async def require_read(request: Request, credentials: Credentials) -> None:
     guard: TokenGuard = request.app.state.guard
     guard.check(credentials, write=False)
 

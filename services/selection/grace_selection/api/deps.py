@@ -14,7 +14,7 @@ from grace_selection.api.errors import ApiError
 from grace_selection.service.registry import SelectionService
 
 
-def get_service(request: Request) -> SelectionService:
+async def get_service(request: Request) -> SelectionService:
     service: SelectionService = request.app.state.service
     return service
 
