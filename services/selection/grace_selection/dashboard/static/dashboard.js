@@ -21,6 +21,7 @@ const state = {
   round: null, // the round shown; null follows the latest
   pinnedRound: false,
   mapKey: null, // `${job}/${round}` of the projection on the map
+  mapLoading: null, // the key of the projection being fetched
   projection: null,
   sampleId: null,
   sampleRound: null,
@@ -187,8 +188,20 @@ function applyColour() {
 
 async function loadProjection() {
   const key = `${state.jobId}/${state.round}`;
-  if (state.round === null || key === state.mapKey) return;
-  const frame = await api.projection(state.jobId, state.round, config.mapMaxPoints);
+  if (state.round === null || key === state.mapKey || key === state.mapLoading) return;
+  // A big map can take a while to compute; polls go on meanwhile (they do not await this).
+  state.mapLoading = key;
+  $("map-count").textContent = `loading the map of round ${state.round}…`;
+  let frame;
+  try {
+    frame = await api.projection(state.jobId, state.round, config.mapMaxPoints);
+  } catch (err) {
+    $("map-count").textContent = "";
+    showError(`Could not load the map: ${err.message}`);
+    return;
+  } finally {
+    if (state.mapLoading === key) state.mapLoading = null;
+  }
   if (key !== `${state.jobId}/${state.round}`) return; // the user moved on meanwhile
   state.projection = frame;
   state.mapKey = key;
@@ -245,7 +258,7 @@ async function refreshJob() {
   renderTimeline();
   renderRoundPicker();
   renderRound();
-  await loadProjection();
+  loadProjection(); // not awaited: it reports its own errors, and polling must not wait for it
   if (state.sampleId !== null && state.sampleRound !== state.round) {
     await openSample(state.sampleId, { quiet: true });
   }
