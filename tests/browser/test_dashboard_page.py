@@ -26,6 +26,9 @@ from tests.browser.conftest import ARTIFACTS, console_errors, save_screenshot, w
 from tests.browser.seed import SeededJob, ServiceProcess, seed_job
 from tests.conftest import free_port
 
+# Seeding 100k samples builds a real HNSW graph: minutes on a busy 2-core machine.
+pytestmark = pytest.mark.timeout(900)
+
 N = 100_000
 DIM = 32
 ROUNDS = 3  # round 0 re-scores everything (warm-up); later rounds re-score 30%
@@ -305,6 +308,28 @@ def test_a_new_round_appears_without_reloading(
     assert row.text == str(ROUNDS)
     assert console_errors(page) == []
     assert job.n == N
+
+
+def test_a_job_without_rounds_shows_empty_panels_not_stale_ones(
+    page: Any, service: tuple[ServiceProcess, SeededJob]
+) -> None:
+    process, _ = service
+    process._ok(
+        process.http.post("/v1/jobs", json={"job_id": "no-rounds", "n_samples": 10, "dim": 4})
+    )
+    button = wait_for(
+        lambda: page.find_elements(By.CSS_SELECTOR, "tr[data-job='no-rounds'] button"),
+        15,
+        "the new job in the list",
+    )[0]
+    button.click()
+    wait_for(lambda: page.find_element(By.ID, "job-title").text == "no-rounds", 15, "the job view")
+    assert page.find_element(By.ID, "round-facts").text == "no published round yet"
+    assert page.find_elements(By.CSS_SELECTOR, "#hist-loss canvas") == []
+    assert page.find_elements(By.CSS_SELECTOR, "#strata-table tbody tr") == []
+    assert map_state(page)["count"] == 0
+    assert "first round" in page.find_element(By.ID, "map-count").text
+    assert console_errors(page) == []
 
 
 def test_page_asks_for_the_token_when_reads_need_one(browser: Any, tmp_path: Path) -> None:

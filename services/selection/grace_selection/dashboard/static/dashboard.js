@@ -4,7 +4,7 @@
 // a poll costs two small JSON requests (jobs, rounds) until a new round appears.
 
 import { Api, ApiError, readFragment, writeFragment } from "./api.js";
-import { histogramChart, lineChart, formatNumber } from "./charts.js";
+import { clearChart, histogramChart, lineChart, formatNumber } from "./charts.js";
 import { MEMBER_COLOUR, OTHER_COLOUR, rampGradient } from "./colours.js";
 import { $, fill, h, show } from "./dom.js";
 import { renderSample, renderSampleMessage } from "./drill.js";
@@ -114,7 +114,14 @@ function renderRoundPicker() {
 
 function renderRound() {
   const stats = state.stats.get(`${state.jobId}/${state.round}`);
-  if (!stats) return;
+  if (!stats) {
+    // No published round yet (or another job's panels still showing): empty, not stale.
+    $("round-facts").textContent = "no published round yet";
+    for (const id of ["hist-loss", "hist-importance", "hist-combined"]) clearChart($(id));
+    fill($("strata-table").tBodies[0]);
+    if (!state.projection) $("map-count").textContent = "the map appears with the first round";
+    return;
+  }
   const manifest = state.rounds.find((r) => r.round === state.round);
   $("round-facts").textContent = [
     `${stats.count.toLocaleString("en")} selected`,
@@ -238,6 +245,7 @@ async function selectJob(jobId) {
   Object.assign(state, { jobId, job: null, rounds: [], round: null, pinnedRound: false, mapKey: null, projection: null, sampleId: null });
   map.setData({ xy: new Float32Array(0), ids: [] });
   renderSampleMessage("Click a point on the map or type a sample id.");
+  renderRound();
   writeFragment({ job: jobId });
   renderJobs();
   await poll();
