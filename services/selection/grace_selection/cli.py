@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 # Modules with a `register(subparsers)` function: (module, what it adds).
-PLUGINS: tuple[tuple[str, str], ...] = (("grace_workers.cli", "score, build-dataset"),)
+PLUGINS: tuple[tuple[str, str], ...] = (
+    ("grace_workers.cli", "score, build-dataset"),
+    ("grace_workers.demo", "demo"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
