@@ -39,6 +39,7 @@ log = logging.getLogger("grace_client")
 
 STATE_KEYS = ("job", "round", "offset", "seed", "world")
 _FAILED = -1
+_RUN = 4096  # samples converted to Python ints at a time
 
 
 class CoresetSampler(Sampler[int]):
@@ -126,10 +127,20 @@ class CoresetSampler(Sampler[int]):
                     return  # a mid-pass switch (step schedule) ends the epoch
                 self._epoch_start = (self._slice.round, 0)
                 continue
-            sample = self._sample_at(self._offset)
-            self._offset += 1
-            yielded += 1
-            yield sample
+            # A run with no boundary inside: up to the pass end, the next switch point, or a
+            # chunk (so that a huge slice is never copied whole); ids come out as Python ints.
+            offset = self._offset
+            stop = min(
+                (offset // length + 1) * length,
+                self.schedule.next_switch_point(offset, length),
+                offset + _RUN,
+            )
+            for sample in self._run(offset, stop):
+                if generation != self._generation:
+                    return  # load_state_dict() or a new iterator took over
+                self._offset += 1
+                yielded += 1
+                yield sample
 
     # -- state -------------------------------------------------------------------------
 
@@ -229,14 +240,18 @@ class CoresetSampler(Sampler[int]):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _sample_at(self, offset: int) -> int:
+    def _run(self, start: int, stop: int) -> list[int]:
+        """The samples at offsets [start, stop), all within one pass of the current round."""
         length = len(self._slice)
-        key = (self._slice.round, offset // length)
+        key = (self._slice.round, start // length)
         order = self._orders.get(key)
         if order is None:
             self._orders = {key: pass_order(self.seed, key[0], key[1], length)}
             order = self._orders[key]
-        return int(self._slice.indices[order[offset % length]])
+        first = start % length
+        positions = order[first : first + (stop - start)]
+        ids: list[int] = self._slice.indices[positions].tolist()
+        return ids
 
     def _switch(self) -> bool:
         """Move to the newest round every rank holds, if it is newer; never blocks on HTTP."""

@@ -35,13 +35,19 @@ class RoundSchedule:
     def epochs(cls, every: int = 1) -> RoundSchedule:
         return cls(every_epochs=every)
 
+    def period(self, slice_len: int) -> int:
+        """Samples between two switch points (at least 1)."""
+        if self.every_steps is not None:
+            return self.every_steps * self.batch_size
+        return max(self.every_epochs * slice_len, 1)
+
     def is_switch_point(self, offset: int, slice_len: int) -> bool:
         """Whether position `offset` (samples into the current round) may start a new round."""
         if offset <= 0 or slice_len <= 0:
             return False
-        period = (
-            self.every_steps * self.batch_size
-            if self.every_steps is not None
-            else self.every_epochs * slice_len
-        )
-        return offset % period == 0
+        return offset % self.period(slice_len) == 0
+
+    def next_switch_point(self, offset: int, slice_len: int) -> int:
+        """The first switch point after `offset`."""
+        period = self.period(slice_len)
+        return (offset // period + 1) * period
