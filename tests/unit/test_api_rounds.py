@@ -268,3 +268,17 @@ def test_metrics_count_ingest_and_rounds(client: TestClient) -> None:
     assert 'grace_rounds_total{outcome="published"} 1.0' in text
     assert 'route="/v1/jobs/{job}/rounds/{r}"' in text
     assert "grace_jobs 1.0" in text
+
+
+def test_sample_text_comes_from_the_jsonl_source_only(client: TestClient, tmp_path: Path) -> None:
+    source = tmp_path / "texts.jsonl"
+    source.write_text('{"text": "first"}\n["not", "an object"]\n{"text": "third"}')
+    create_job(client, "texts", n=5, dim=2, text_source=str(source))
+    assert client.get("/v1/jobs/texts/samples/0").json()["text"] == "first"
+    assert client.get("/v1/jobs/texts/samples/1").json()["text"] is None
+    assert client.get("/v1/jobs/texts/samples/2").json()["text"] == "third"
+    assert client.get("/v1/jobs/texts/samples/4").json()["text"] is None  # past the last line
+    answer = client.post(
+        "/v1/jobs", json={"job_id": "leak", "n_samples": 5, "dim": 2, "text_source": "/etc/passwd"}
+    )
+    assert (answer.status_code, answer.json()["field"]) == (422, "text_source")

@@ -193,7 +193,11 @@ def _pca_2d(vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def read_text(job: Job, sample_id: int) -> str | None:
-    """Line `sample_id` of the job's JSONL text source: its "text" field, or the line itself."""
+    """The "text" field of line `sample_id` of the job's JSONL text source, if it has one.
+
+    Only a JSON object's "text" string is returned, never a raw line: the path comes from a
+    client, and this must not turn into a way to read arbitrary files of the server.
+    """
     source = job.spec.request.text_source
     if not source:
         return None
@@ -205,15 +209,11 @@ def read_text(job: Job, sample_id: int) -> str | None:
         with path.open("rb") as fh:
             fh.seek(int(offsets[sample_id]))
             raw = fh.read(int(offsets[sample_id + 1] - offsets[sample_id]))
-        line = raw.decode(errors="replace")
-    except OSError:
+        record = json.loads(raw)
+    except (OSError, ValueError):
         return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return line.strip()[:TEXT_CHARS]
     text = record.get("text") if isinstance(record, dict) else None
-    return (text if isinstance(text, str) else line.strip())[:TEXT_CHARS]
+    return text[:TEXT_CHARS] if isinstance(text, str) else None
 
 
 def _finite(value: Any) -> float | None:

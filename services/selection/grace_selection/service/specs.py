@@ -51,6 +51,11 @@ class JobSpec:
         config = core_config(request.config)
         if request.strata is not None:
             initial_strata(request)  # raises on a bad length or a negative tag
+        if request.text_source is not None and not request.text_source.lower().endswith(".jsonl"):
+            raise InvalidInputError(
+                'must be the path of a .jsonl file whose line i holds sample i as {"text": ...}',
+                field="text_source",
+            )
         return cls(request, datetime.now(UTC), config)
 
     def same_request(self, other: CreateJobRequest) -> bool:
