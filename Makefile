@@ -59,6 +59,11 @@ bench: $(STAMP)
 	mkdir -p docs/results
 	$(PY) benchmarks/selection.py --sizes 100000,1000000 --json docs/results/selection.json
 	$(PY) benchmarks/quality_synthetic.py --seeds 0,1,2 --json docs/results/quality_synthetic.json
+	$(PY) benchmarks/service.py --json docs/results/service.json --markdown docs/results/service.md
+
+# The OpenAPI document of the v1 API; a unit test fails when it is stale.
+openapi: $(STAMP)
+	$(PY) -m grace_selection.cli openapi --output proto/openapi.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -112,3 +112,33 @@ def test_compaction_and_replay_restore_the_same_state(
         assert again.manifests[1].status == RoundStatus.PUBLISHED
     finally:
         restarted.close()
+
+
+def test_a_long_ingest_without_rounds_is_compacted_in_the_background(
+    store_factory: Callable[[], ScoreStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from grace_selection.service import round_runner
+
+    monkeypatch.setattr(round_runner, "COMPACT_MIN_BYTES", 1024)
+    service = open_service(store_factory(), tmp_path)
+    service.create_job(CreateJobRequest(job_id="job", n_samples=N, dim=DIM))
+    rng = np.random.default_rng(1)
+    ids = np.arange(N, dtype=np.int64)
+    for i in range(12):  # ~12 x 4 KB of scores: past twice the (tiny) state size
+        service.ingest("job", "scores", scores(f"s{i}", ids, rng))
+    deadline = time.monotonic() + 30
+    while service.store.read_snapshot("job") is None:
+        assert time.monotonic() < deadline, "no snapshot was written"
+        time.sleep(0.05)
+    before = service.job("job").arrays.snapshot_arrays()
+    snapshot = service.store.read_snapshot("job")
+    assert snapshot is not None
+    assert len(list(service.store.read_log("job", after_seq=snapshot.seq))) < 12
+    service.close()
+    restarted = open_service(store_factory(), tmp_path)
+    try:
+        after = restarted.job("job").arrays.snapshot_arrays()
+        for name, value in before.items():
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    finally:
+        restarted.close()

@@ -52,6 +52,7 @@ class Job:
         self.failed: RoundManifest | None = None
         self.checkpoint: CheckpointInfo | None = None
         self.deleted = False
+        self.compaction_queued = False
         self.cache = RoundCache()
         self.last_importance: npt.NDArray[np.float32] | None = None
         self._warmup_bodies: dict[tuple[int, int, str], Body] = {}

@@ -41,7 +41,13 @@ from grace_selection.service.errors import (
 from grace_selection.service.events import NoEvents, ServiceEvents
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job, parse_manifest, utc_now
-from grace_selection.service.round_runner import after_publish, describe, run_round
+from grace_selection.service.round_runner import (
+    after_publish,
+    compact_if_due,
+    compaction_due,
+    describe,
+    run_round,
+)
 from grace_selection.service.rounds import Body, encode_rescore
 from grace_selection.service.specs import JobSpec
 
@@ -195,6 +201,7 @@ class SelectionService:
         self.events.batch_ingested(kind, source, answer.accepted, len(body), answer.duplicate)
         if isinstance(batch, ScoreBatch) and not answer.duplicate:
             self._maybe_auto_round(job)
+        self._maybe_compact(job)
         return answer
 
     def ingest_scores_json(self, job_id: str, request: ScoreBatchRequest) -> IngestResponse:
@@ -206,7 +213,25 @@ class SelectionService:
         )
         if not answer.duplicate:
             self._maybe_auto_round(job)
+        self._maybe_compact(job)
         return answer
+
+    def _maybe_compact(self, job: Job) -> None:
+        """Rounds compact the log after publishing; a job ingesting for long without rounds is
+        compacted from here, on the round thread (so never while a round computes)."""
+        if job.compaction_queued or not compaction_due(job, factor=2.0):
+            return
+        job.compaction_queued = True
+
+        def compact() -> None:
+            try:
+                compact_if_due(job, self.store)
+            except Exception:
+                log.exception("could not compact the log of job %s", job.job_id)
+            finally:
+                job.compaction_queued = False
+
+        self._rounds.submit(compact)
 
     def _maybe_auto_round(self, job: Job) -> None:
         fraction = job.spec.request.auto_round_fraction

@@ -119,10 +119,17 @@ def after_publish(job: Job, store: ScoreStore, r: int) -> None:
         log.exception("could not compact the log of job %s; replay will take longer", job.job_id)
 
 
+def compaction_due(job: Job, factor: float = 1.0) -> bool:
+    """The log has outgrown `factor` times the state (and 64 MiB): replay would cost more than
+    reading a snapshot."""
+    arrays_state = job.arrays
+    return arrays_state.log_bytes >= factor * max(COMPACT_MIN_BYTES, arrays_state.state_bytes())
+
+
 def compact_if_due(job: Job, store: ScoreStore, *, force: bool = False) -> bool:
     """Snapshot the state and drop the log it covers once the log outgrows the state."""
     arrays_state = job.arrays
-    if not force and arrays_state.log_bytes < max(COMPACT_MIN_BYTES, arrays_state.state_bytes()):
+    if not force and not compaction_due(job):
         return False
     with job.lock:
         if job.deleted:
