@@ -23,8 +23,10 @@ from grace_proto.models import (
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.core.importance import combine_scores
 from grace_selection.core.scores import NEVER_SCORED, ScoreTable
+from grace_selection.dashboard.projection import project_for_map
 from grace_selection.service.errors import InvalidInputError
 from grace_selection.service.jobs import Job
+from grace_selection.service.rounds import RoundData
 
 HISTORY_ROUNDS = 100  # newest rounds listed in a sample's history
 TEXT_CHARS = 4000
@@ -144,52 +146,47 @@ def _histogram(values: npt.NDArray[Any], bins: int) -> HistogramModel:
 
 
 def project(job: Job, store: ScoreStore, round_: int | None, max_points: int) -> bytes:
-    """A frame: ids, xy (n, 2) PCA of a seeded sample of embedded points, importance, in_coreset."""
+    """A frame: ids, xy (n, 2), importance, in_coreset of a seeded sample of embedded points.
+
+    The map is the dashboard's randomized PCA (fitted on <= 20k rows); it is cached per
+    (round, max_points, newest embedding), so a polling page does not refit it.
+    """
     if not 1 <= max_points <= 200_000:
         raise InvalidInputError(f"must be in 1..200000, got {max_points}", field="max_points")
     r = job.latest if round_ is None else round_
     data = job.round_data(r, store) if r is not None else None
-    with job.lock:
+    version = int(job.arrays.embedding_seq.max(initial=0))
+    key = (r, max_points, version)
+    return job.projections.get_or_compute(key, lambda: _project(job, data, r, max_points))
+
+
+def _project(job: Job, data: RoundData | None, r: int | None, max_points: int) -> bytes:
+    seed = job.spec.request.seed
+    rng = np.random.default_rng([seed, 0 if r is None else r + 1])
+    with job.lock:  # copy only the rows shown, so the lock is held briefly
         embedded = np.flatnonzero(job.arrays.embedding_seq).astype(np.int64)
-        rng = np.random.default_rng([job.spec.request.seed, 0 if r is None else r + 1])
+        total = int(embedded.size)
         if embedded.size > max_points:
             embedded = np.sort(rng.choice(embedded, size=max_points, replace=False))
         vectors = (
-            job.arrays.embeddings[embedded].astype(np.float64)
+            job.arrays.embeddings[embedded]
             if job.arrays.embeddings is not None
-            else np.zeros((0, job.spec.dim))
+            else np.zeros((0, job.spec.dim), dtype=np.float32)
         )
-    xy = _pca_2d(vectors)
+    ids, xy = project_for_map(embedded, vectors, seed, max_points=max(embedded.size, 1))
     importance = (
-        data.importance[embedded]
+        data.importance[ids]
         if data is not None and data.importance is not None
-        else job.arrays.importance[embedded]
+        else job.arrays.importance[ids]
     )
-    member = data.in_coreset(embedded) if data is not None else np.zeros(embedded.size, bool)
-    total = int(np.count_nonzero(job.arrays.embedding_seq))
-    meta = {"job_id": job.job_id, "round": r, "total": total}
+    member = data.in_coreset(ids) if data is not None else np.zeros(ids.size, dtype=bool)
     arrays: dict[str, npt.NDArray[Any]] = {
-        "ids": embedded,
+        "ids": ids,
         "xy": xy.astype(np.float32),
         "importance": np.asarray(importance, dtype=np.float32),
         "in_coreset": member.astype(np.uint8),
     }
-    return encode_frame(meta, arrays)
-
-
-def _pca_2d(vectors: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """The first two principal components (n, 2); fewer than two points or dims pad with 0."""
-    out = np.zeros((vectors.shape[0], 2))
-    if vectors.shape[0] < 2:
-        return out
-    centered = vectors - vectors.mean(axis=0)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    comps = vt[:2]
-    # Fix each component's sign so that the picture does not flip between calls.
-    signs = np.sign(comps[np.arange(comps.shape[0]), np.abs(comps).argmax(axis=1)])
-    projected = centered @ (comps * signs[:, None]).T
-    out[:, : projected.shape[1]] = projected
-    return out
+    return encode_frame({"job_id": job.job_id, "round": r, "total": total}, arrays)
 
 
 def read_text(job: Job, sample_id: int) -> str | None:

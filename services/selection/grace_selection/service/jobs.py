@@ -25,6 +25,7 @@ from grace_proto.models import (
 )
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import checksum
+from grace_selection.dashboard.projection_cache import ProjectionCache
 from grace_selection.service.batches import Batch, ScoreBatch, find_duplicate
 from grace_selection.service.errors import (
     ConflictError,
@@ -57,6 +58,7 @@ class Job:
         self.last_importance: npt.NDArray[np.float32] | None = None
         self._warmup_bodies: dict[tuple[int, int, str], Body] = {}
         self._text_offsets: npt.NDArray[np.int64] | None = None
+        self.projections: ProjectionCache[bytes] = ProjectionCache(max_entries=4)
 
     @property
     def job_id(self) -> str:
