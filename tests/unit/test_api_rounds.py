@@ -251,11 +251,15 @@ def test_strata_and_stats_and_samples(client: TestClient) -> None:
     assert sample["stratum"] == 1
     assert [h["round"] for h in sample["history"]] == [0]
     assert len(sample["neighbors"]) == 10
-    projection = decode_frame(
-        client.get("/v1/jobs/job/projection", params={"max_points": 100}).content
-    )
+    first = client.get("/v1/jobs/job/projection", params={"max_points": 100}).content
+    projection = decode_frame(first)
     assert projection.arrays["xy"].shape == (100, 2)
     assert projection.arrays["in_coreset"].dtype == np.uint8
+    assert projection.meta["total"] == N
+    members = projection.arrays["ids"][projection.arrays["in_coreset"] == 1]
+    coreset = client.get("/v1/jobs/job/rounds/0/indices", params={"format": "json"}).json()
+    assert set(members.tolist()) <= set(coreset["indices"])
+    assert client.get("/v1/jobs/job/projection", params={"max_points": 100}).content == first
 
 
 def test_metrics_count_ingest_and_rounds(client: TestClient) -> None:
