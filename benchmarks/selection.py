@@ -6,7 +6,7 @@ writes the JSON and, next to it, the markdown page (docs/results/selection.md).
 
 For each size a synthetic clustered k-NN graph (k = 10, `benchmarks/synthetic_graph.py`) is built
 once and saved; every measurement then runs in a fresh Python process that loads it, so each
-peak RSS (ru_maxrss of that process) belongs to one measurement: the loaded inputs plus the
+peak RSS (VmHWM of that process) belongs to one measurement: the loaded inputs plus the
 work. `seconds` is wall time of the selector call alone (graph and utility in, ids out);
 `select_coreset` adds rank normalisation, CRAIG weights and the digest. At the smallest size
 apricot's lazy-greedy FacilityLocationSelection runs on the very same sparse similarity, and
@@ -57,9 +57,13 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    import resource  # Linux: ru_maxrss is in KiB
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over from
+    the parent across fork and exec, so a child would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status; peak RSS needs Linux")
 
 
 def load_graph(folder: Path) -> KnnGraph:
@@ -247,6 +251,10 @@ def compare_with_apricot(graph: KnnGraph, folder: Path, repeats: int) -> dict[st
         "same_objective_seconds_median": ours_median,
         "same_objective_seconds": ours["seconds"],
         "speedup": theirs_median / ours_median,
+        "baseline_cpu_seconds_median": statistics.median(theirs["cpu_seconds"]),
+        "same_objective_cpu_seconds_median": statistics.median(ours["cpu_seconds"]),
+        "cpu_speedup": statistics.median(theirs["cpu_seconds"])
+        / statistics.median(ours["cpu_seconds"]),
         "objective": ours["objective"],
         "baseline_objective": theirs["objective"],
         "objective_ratio": ours["objective"] / theirs["objective"],

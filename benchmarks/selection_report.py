@@ -17,10 +17,11 @@ NAMES = {"graph_message_passing": "graph message passing", "facility_location": 
 def target_text(row: dict[str, Any]) -> str:
     if row["n"] != 1_000_000:
         return ""
-    limit = GMP_MAX_SECONDS_AT_1M if row["selector"] == "graph_message_passing" else None
-    limit = limit or FL_MAX_SECONDS_AT_1M
-    verdict = "met" if row["seconds_median"] <= limit else "MISSED"
-    return f"<= {limit:g} s: {verdict}"
+    gmp = row["selector"] == "graph_message_passing"
+    limit = GMP_MAX_SECONDS_AT_1M if gmp else FL_MAX_SECONDS_AT_1M
+    wall = "met" if row["seconds_median"] <= limit else "MISSED"
+    cpu = "met" if row["cpu_seconds_median"] <= limit else "MISSED"
+    return f"<= {limit:g} s: wall {wall}, CPU {cpu}"
 
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
@@ -97,16 +98,23 @@ def baseline_lines(title: str, row: dict[str, Any]) -> list[str]:
         "apricot compiles its numba kernel on every fit; that fixed part, measured on a "
         "100-sample fit, is shown separately and included in its time.",
         "",
-        "| ours s | apricot s | apricot fixed s | speedup | speedup without apricot's fixed "
-        "part | objective | apricot objective | ratio | apricot peak RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {row['same_objective_seconds_median']:.3f} | {row['baseline_seconds_median']:.2f} "
-        f"| {row['baseline_fixed_seconds_median']:.2f} | {row['speedup']:.1f}x "
-        f"| {net_speedup(row):.1f}x "
+        "| | ours | apricot | speedup |",
+        "|---|---:|---:|---:|",
+        f"| wall s | {row['same_objective_seconds_median']:.3f} "
+        f"| {row['baseline_seconds_median']:.2f} | {row['speedup']:.1f}x |",
+        f"| CPU s | {row['same_objective_cpu_seconds_median']:.3f} "
+        f"| {row['baseline_cpu_seconds_median']:.2f} | {row['cpu_speedup']:.1f}x |",
+        f"| wall s without apricot's fixed part ({row['baseline_fixed_seconds_median']:.2f} s) "
+        f"| {row['same_objective_seconds_median']:.3f} "
+        f"| {row['baseline_seconds_median'] - row['baseline_fixed_seconds_median']:.2f} "
+        f"| {net_speedup(row):.1f}x |",
+        "",
+        "| objective | apricot objective | ratio | apricot peak RSS MB |",
+        "|---:|---:|---:|---:|",
         f"| {row['objective']:.1f} | {row['baseline_objective']:.1f} "
         f"| {row['objective_ratio']:.4f} | {row['baseline_peak_rss_mb']:.0f} |",
         "",
-        f"Targets: speedup >= {FL_MIN_SPEEDUP:g}x: {'met' if speed_ok else 'MISSED'}; "
+        f"Targets: speedup >= {FL_MIN_SPEEDUP:g}x (wall): {'met' if speed_ok else 'MISSED'}; "
         f"objective >= {FL_MIN_OBJECTIVE_RATIO:.0%} of apricot's: "
         f"{'met' if objective_ok else 'MISSED'}.",
     ]

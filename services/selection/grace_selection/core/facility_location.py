@@ -87,23 +87,26 @@ def maximize_facility_location(
     available = eligible.copy()
     sample = _sample_size(int(available.sum()), budget, epsilon)
     per_round = max(1, int(n / (_OVERLAP_FACTOR * (similarity.nnz / n) ** 2)))
-    cover = np.zeros(n, dtype=np.float64)
+    cover = np.zeros(n, dtype=np.float32)  # similarities are float32; so is their max
     bonus = importance_weight * utility.astype(np.float64)
     no_rank = np.iinfo(np.int64).max
     first_rank = np.full(n, no_rank, dtype=np.int64)  # scratch, reset after every round
+    drawn = np.zeros(n, dtype=np.bool_)  # scratch: dedupes draws without sorting them
     carried = np.empty(0, dtype=np.int64)
     picked: list[npt.NDArray[np.int64]] = []
     count = 0
     while count < budget:
-        pool = np.flatnonzero(available).astype(np.int64)
+        pool = np.flatnonzero(available)
         take = min(budget - count, per_round)
         if take * sample >= pool.shape[0]:
             candidates = pool  # the draws would cover the pool: score all of it
         else:
-            draws = pool[rng.integers(0, pool.shape[0], size=take * sample)]
-            candidates = np.unique(np.concatenate([draws, carried]))
+            drawn[pool[rng.integers(0, pool.shape[0], size=take * sample)]] = True
+            drawn[carried] = True
+            candidates = np.flatnonzero(drawn)  # ascending ids
+            drawn[candidates] = False
         gains = _gains(similarity, cover, candidates) + bonus[candidates]
-        ranked = candidates[np.argsort(-gains, kind="stable")]  # ties: lower id first
+        ranked = candidates[_best_first(gains, candidates, take + _CARRY_FACTOR * take)]
         head = ranked[:take]
 
         positions, rank = similarity.row_entries(head)
@@ -140,8 +143,20 @@ def _sample_size(pool: int, budget: int, epsilon: float) -> int:
     return max(1, math.ceil(pool / budget * math.log(1.0 / epsilon)))
 
 
+def _best_first(
+    gains: npt.NDArray[np.float64], ids: npt.NDArray[np.int64], count: int
+) -> npt.NDArray[np.int64]:
+    """Positions of the `count` largest gains, best first, equal gains by lower id."""
+    if count < gains.shape[0]:
+        top = np.argpartition(-gains, count - 1)[:count]  # O(m), then sort only the top
+    else:
+        top = np.arange(gains.shape[0])
+    ordered: npt.NDArray[np.int64] = top[np.lexsort((ids[top], -gains[top]))]
+    return ordered
+
+
 def _gains(
-    similarity: SparseSimilarity, cover: npt.NDArray[np.float64], candidates: npt.NDArray[np.int64]
+    similarity: SparseSimilarity, cover: npt.NDArray[np.float32], candidates: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.float64]:
     """Coverage gain of adding each candidate alone: sum over its row of max(W - cover, 0)."""
     positions, owner = similarity.row_entries(candidates)
