@@ -153,6 +153,8 @@ class SelectionService:
 
     def create_job(self, request: CreateJobRequest) -> tuple[JobResponse, bool]:
         """(the job, True if it was created now); an identical re-create is a no-op."""
+        if not self._loaded.is_set():
+            raise NotReadyError("the service is still loading its state; retry in a moment")
         spec = JobSpec.new(request)
         with self._jobs_lock:
             existing = self._jobs.get(request.job_id)
