@@ -12,7 +12,7 @@ import numpy as np
 from grace_proto.frames import MEDIA_TYPE, encode_frame
 from tests.integration.service_process import start_service
 
-N, DIM, JOB = 6_000, 32, "busy"
+N, DIM, JOB = 10_000, 32, "busy"
 
 
 def post(client: httpx.Client, path: str, meta: dict[str, Any], **arrays: Any) -> None:
