@@ -249,7 +249,9 @@ def test_a_sample_named_twice_in_one_report_is_sent_once_with_its_last_loss() ->
 
 def test_a_replayed_step_with_other_losses_counts_as_a_duplicate_not_a_failure() -> None:
     client = StandInClient()
-    reporter(client).report([1, 2], [0.5, 0.5], step=3)
+    first = reporter(client)
+    first.report([1, 2], [0.5, 0.5], step=3)
+    first.close()
     replay = reporter(client)
     replay.report([1, 2], [0.5001, 0.4999], step=3)  # nondeterministic kernels after a resume
     stats = replay.close()

@@ -8,8 +8,9 @@ background thread sends them as binary batches. Guarantees:
 - Bounded memory: at most `max_pending_bytes` of reports wait. When full, the policy
   decides: "drop_oldest" (default) discards the oldest waiting reports, so that training
   never waits; "block" makes `report` wait up to `block_timeout` seconds for room and then
-  drops the new report. Every dropped sample is counted in `stats.dropped_samples` and
-  logged.
+  drops the new report (a batch that failed to send goes back to the queue even if that
+  exceeds the bound by that one batch). Every dropped sample is counted in
+  `stats.dropped_samples` and logged.
 - No double counting: each report gets a deterministic batch id from (run, rank, round,
   step, its sequence number within that step, chunk), so a retried request, or a step
   replayed after resuming from a checkpoint, is recognised by the service as a duplicate.
@@ -334,6 +335,7 @@ class ScoreReporter:
                 batch = self._queue.popleft()
                 self._pending_bytes -= batch.nbytes
                 self._inflight = batch
+                self._cond.notify_all()  # room for a report() blocked on a full queue
             retry = False
             try:
                 self._send(batch)
@@ -363,6 +365,15 @@ class ScoreReporter:
                 self._inflight = None
                 if retry and self._closing:
                     self._drop(batch.ids.shape[0], "the service was unreachable at close()")
+                elif (
+                    retry
+                    and self.overflow == "drop_oldest"
+                    and self._pending_bytes + batch.nbytes > self.max_pending_bytes
+                ):
+                    # Newer reports filled the queue meanwhile; this one is the oldest. (With
+                    # "block" it goes back anyway: the queue may exceed the bound by this one
+                    # batch, and report() waits for room instead.)
+                    self._drop(batch.ids.shape[0], "the queue is full (drop_oldest)")
                 elif retry:
                     # Back at the head: it is the oldest, so drop_oldest discards it first.
                     self._queue.appendleft(batch)
