@@ -39,9 +39,16 @@ class ServiceProcess:
 
 
 def start_service(
-    data_dir: Path, store: str, *, index: str = "brute", port: int | None = None, **env: str
+    data_dir: Path,
+    store: str,
+    *,
+    index: str = "brute",
+    port: int | None = None,
+    wait_ready: bool = True,
+    **env: str,
 ) -> ServiceProcess:
-    """Start `grace serve` on a free loopback port and wait until /readyz says ready."""
+    """Start `grace serve` on a free loopback port and wait until /readyz says ready (or, with
+    wait_ready=False, only until the process started)."""
     port = port or free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
     clean.update(env)
@@ -63,6 +70,8 @@ def start_service(
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=clean)
     service = ServiceProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    if not wait_ready:
+        return service
     deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:

@@ -79,8 +79,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await run_in_threadpool(loader.join)
-            await run_in_threadpool(service.close)
+            await run_in_threadpool(service.close)  # also stops a loader waiting for the store
+            await run_in_threadpool(loader.join, 30)
 
     def job_count() -> int:
         service = metrics_holder.get("service")

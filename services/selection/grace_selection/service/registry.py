@@ -70,27 +70,47 @@ class SelectionService:
         self._jobs_lock = threading.Lock()
         self._rounds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grace-round")
         self._loaded = threading.Event()
+        self._closing = threading.Event()
+        self._waiting_for_store: str | None = None
         self.load_errors: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read every job back from the store: snapshot + log replay, manifests, index."""
+        """Read every job back from the store: snapshot + log replay, manifests, index.
+
+        While the store is unreachable (Redis often starts after the service) this retries
+        with a capped backoff; /readyz says "loading" until every job is back.
+        """
+        delay = 0.5
         try:
-            for job_id, raw in self.store.read_jobs().items():
+            while not self._closing.is_set():
                 try:
-                    job = self._load_job(JobSpec.from_bytes(raw))
-                except Exception as exc:
-                    log.exception("job %s could not be loaded", job_id)
-                    self.load_errors[job_id] = f"{type(exc).__name__}: {exc}"
-                    continue
-                with self._jobs_lock:
-                    self._jobs[job_id] = job
-        except StoreError as exc:
-            log.error("the store is unreachable at start-up: %s", exc)
-            self.load_errors["store"] = str(exc)
+                    self._load_all()
+                    return
+                except StoreError as exc:
+                    self._waiting_for_store = str(exc)
+                    log.warning("the store is unreachable, retrying in %.1f s: %s", delay, exc)
+                    self._closing.wait(delay)
+                    delay = min(2 * delay, 10.0)
         finally:
+            self._waiting_for_store = None
             self._loaded.set()
+
+    def _load_all(self) -> None:
+        jobs: dict[str, Job] = {}
+        errors: dict[str, str] = {}
+        for job_id, raw in self.store.read_jobs().items():
+            try:
+                jobs[job_id] = self._load_job(JobSpec.from_bytes(raw))
+            except StoreError:
+                raise  # the store went away mid-load: start over once it is back
+            except Exception as exc:
+                log.exception("job %s could not be loaded", job_id)
+                errors[job_id] = f"{type(exc).__name__}: {exc}"
+        with self._jobs_lock:
+            self._jobs.update(jobs)
+        self.load_errors = errors
 
     def _load_job(self, spec: JobSpec) -> Job:
         job = Job(spec, self._keeper(spec))
@@ -116,20 +136,24 @@ class SelectionService:
         return job
 
     def close(self) -> None:
+        self._closing.set()  # a loader still waiting for the store gives up
+        self._loaded.wait(30)
         self._rounds.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
     def readiness(self) -> dict[str, str]:
         """Named checks; every value "ok" means ready."""
-        checks = {"state": "ok" if self._loaded.is_set() else "loading"}
+        state = "ok" if self._loaded.is_set() else "loading"
+        if self._waiting_for_store is not None:
+            state = f"loading: waiting for the store ({self._waiting_for_store})"
+        checks = {"state": state}
         try:
             self.store.ping()
             checks["store"] = "ok"
         except StoreError as exc:
             checks["store"] = f"unreachable: {exc}"
         for job_id, error in self.load_errors.items():
-            if job_id != "store":
-                checks[f"job:{job_id}"] = f"failed to load: {error}"
+            checks[f"job:{job_id}"] = f"failed to load: {error}"
         return checks
 
     def job_count(self) -> int:
