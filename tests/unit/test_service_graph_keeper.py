@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.adapters.ports import NeighborIndex
+from grace_selection.api.app import index_factory
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 
 N, DIM, K = 300, 12, 5
@@ -85,19 +87,34 @@ def test_samples_without_embeddings_have_no_edges(tmp_path: Path) -> None:
     assert set(np.unique(update.graph.neighbors[0::2]).tolist()) <= set(ids.tolist())
 
 
-def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
-    keeper = keeper_with(data(6), tmp_path / "idx")
+@pytest.mark.parametrize("kind", ["brute", "hnsw"])
+def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
+    factory = index_factory(kind)
+    vectors = data(6)
+    keeper = GraphKeeper(N, DIM, factory, tmp_path / "idx")
+    ids = np.arange(N, dtype=np.int64)
+    keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
     keeper.save(round_=0)
-    loaded = GraphKeeper(N, DIM, FACTORY, tmp_path / "idx")
+    loaded = GraphKeeper(N, DIM, factory, tmp_path / "idx")
     assert loaded.load()
     assert loaded.seq == keeper.seq
     assert loaded.graph is not None
     assert keeper.graph is not None
     np.testing.assert_array_equal(loaded.graph.neighbors, keeper.graph.neighbors)
+    # The loaded index answers queries like the saved one (it is the same index, not a rebuild).
+    moved = np.array([7], dtype=np.int64)
+    far = np.random.default_rng(9).normal(size=(1, DIM)).astype(np.float32)
+    new = vectors.copy()
+    new[moved] = far
+    a = keeper.update(moved, far, 2, K, 0.1, lambda: (ids, new, 2))
+    b = loaded.update(moved, far, 2, K, 0.1, lambda: (ids, new, 2))
+    np.testing.assert_array_equal(a.graph.neighbors, b.graph.neighbors)
+    other = index_factory("brute" if kind == "hnsw" else "hnsw")
+    assert not GraphKeeper(N, DIM, other, tmp_path / "idx").load()  # another index kind
     for index_dir in (tmp_path / "idx").glob("index-*"):
         shutil.rmtree(index_dir)
-    assert not GraphKeeper(N, DIM, FACTORY, tmp_path / "idx").load()
-    assert not GraphKeeper(N + 1, DIM, FACTORY, tmp_path / "other").load()
+    assert not GraphKeeper(N, DIM, factory, tmp_path / "idx").load()
+    assert not GraphKeeper(N + 1, DIM, factory, tmp_path / "other").load()
     keeper.delete()
     keeper.save(round_=1)  # a deleted job's keeper writes nothing
     assert not (tmp_path / "idx").exists()
