@@ -52,7 +52,7 @@ class StandInClient:
         if batch_id in self.refuse:
             raise GraceAPIError(422, "ids_out_of_range", "ids must be < 100", "arrays.ids")
         earlier = self.applied.get(batch_id, {}).get("loss")
-        if earlier is not None and not np.array_equal(earlier, kw.get("loss")):
+        if earlier is not None and not np.array_equal(earlier, np.asarray(kw.get("loss"))):
             raise ConflictError(409, "batch_id_reused", "same id, other content", "meta.batch_id")
         with self.lock:
             duplicate = batch_id in self.applied

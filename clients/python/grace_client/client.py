@@ -7,7 +7,6 @@ published rounds are cached on disk (cache.py) because they never change.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -21,15 +20,15 @@ import numpy.typing as npt
 
 from grace_client.backoff import RetryPolicy, parse_retry_after
 from grace_client.cache import RoundCache, default_cache_dir
-from grace_client.errors import IntegrityError, NotFoundError, RoundFailedError, RoundNotReadyError
+from grace_client.errors import NotFoundError, RoundFailedError, RoundNotReadyError
 from grace_client.payloads import (
     IndexSlice,
     Projection,
     RescorePlan,
-    decode_index_slice,
     decode_projection,
     decode_rescore_plan,
-    sha256_of_sorted,
+    parse_indices_body,
+    verify_slice,
 )
 from grace_client.transport import Transport
 from grace_proto.frames import MEDIA_TYPE, decode_frame, encode_frame
@@ -38,7 +37,6 @@ from grace_proto.models import (
     CheckpointRequest,
     CreateJobRequest,
     HealthResponse,
-    IndicesResponse,
     IngestResponse,
     JobListResponse,
     JobResponse,
@@ -259,8 +257,8 @@ class CoresetClient:
         path = f"{_job(job)}/rounds/{_round(r)}/indices"
         params = {"rank": rank, "world": world, "format": "bin"}
         response = self._get_when_ready(path, params, job=job, r=r, wait=wait)
-        piece = _parse_indices(response.headers.get("Content-Type", ""), response.content)
-        _verify_slice(piece, job)
+        piece = parse_indices_body(response.headers.get("Content-Type", ""), response.content)
+        verify_slice(piece, job)
         self.cache.put_slice(piece)
         return piece
 
@@ -395,35 +393,3 @@ def _vector(
     if length is not None and arr.shape[0] != length:
         raise ValueError(f"{name}: has {arr.shape[0]} values but ids has {length}; pass one per id")
     return arr
-
-
-def _parse_indices(content_type: str, body: bytes) -> IndexSlice:
-    if content_type.startswith("application/json"):
-        model = IndicesResponse.model_validate_json(body)
-        weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
-        return IndexSlice(
-            job_id=model.job_id,
-            round=model.round,
-            rank=model.rank,
-            world=model.world,
-            indices=np.asarray(model.indices, dtype=np.int64),
-            weights=weights,
-            total=model.total,
-            indices_sha256=model.indices_sha256,
-        )
-    return decode_index_slice(decode_frame(body))
-
-
-def _verify_slice(piece: IndexSlice, job: str) -> None:
-    """Check what a single slice can prove: its length, and for world=1 the manifest's sha."""
-    expected = math.ceil(piece.total / piece.world) if piece.total else 0
-    if len(piece) != expected:
-        raise IntegrityError(
-            f"round {piece.round} of job {job!r}: rank {piece.rank} got {len(piece)} ids, the "
-            f"slicing rule promises ceil({piece.total} / {piece.world}) = {expected}"
-        )
-    if piece.world == 1 and sha256_of_sorted(piece.indices) != piece.indices_sha256:
-        raise IntegrityError(
-            f"round {piece.round} of job {job!r}: the indices do not hash to the manifest's "
-            f"sha256 {piece.indices_sha256[:12]}...; not using them"
-        )

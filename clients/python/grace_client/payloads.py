@@ -7,14 +7,16 @@ over numpy arrays, checked once so that the rest of the client can trust them.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from grace_proto.frames import Frame, FrameError
-from grace_proto.models import CheckpointInfo
+from grace_client.errors import IntegrityError
+from grace_proto.frames import Frame, FrameError, decode_frame
+from grace_proto.models import CheckpointInfo, IndicesResponse
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -136,3 +138,35 @@ def _meta(meta: Any, key: str) -> Any:
     if key not in meta:
         raise FrameError(f"meta.{key}", "missing from the indices frame the service sent")
     return meta[key]
+
+
+def parse_indices_body(content_type: str, body: bytes) -> IndexSlice:
+    if content_type.startswith("application/json"):
+        model = IndicesResponse.model_validate_json(body)
+        weights = None if model.weights is None else np.asarray(model.weights, dtype=np.float32)
+        return IndexSlice(
+            job_id=model.job_id,
+            round=model.round,
+            rank=model.rank,
+            world=model.world,
+            indices=np.asarray(model.indices, dtype=np.int64),
+            weights=weights,
+            total=model.total,
+            indices_sha256=model.indices_sha256,
+        )
+    return decode_index_slice(decode_frame(body))
+
+
+def verify_slice(piece: IndexSlice, job: str) -> None:
+    """Check what a single slice can prove: its length, and for world=1 the manifest's sha."""
+    expected = math.ceil(piece.total / piece.world) if piece.total else 0
+    if len(piece) != expected:
+        raise IntegrityError(
+            f"round {piece.round} of job {job!r}: rank {piece.rank} got {len(piece)} ids, the "
+            f"slicing rule promises ceil({piece.total} / {piece.world}) = {expected}"
+        )
+    if piece.world == 1 and sha256_of_sorted(piece.indices) != piece.indices_sha256:
+        raise IntegrityError(
+            f"round {piece.round} of job {job!r}: the indices do not hash to the manifest's "
+            f"sha256 {piece.indices_sha256[:12]}...; not using them"
+        )

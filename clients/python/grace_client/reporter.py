@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import numpy.typing as npt
-
+from grace_client.batches import ReportBatch, clean_report, split_report
 from grace_client.errors import ConflictError, GraceAPIError, GraceError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -55,22 +53,6 @@ class ReporterStats:
     dropped_samples: int
     nonfinite_samples: int
     failed_batches: int
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Batch:
-    batch_id: str
-    ids: npt.NDArray[np.int64]
-    loss: npt.NDArray[np.float32] | None
-    importance: npt.NDArray[np.float32] | None
-    embeddings: npt.NDArray[np.float32] | None
-    round: int
-    step: int
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.ids, self.loss, self.importance, self.embeddings)
-        return sum(a.nbytes for a in arrays if a is not None)
 
 
 class ScoreReporter:
@@ -115,9 +97,9 @@ class ScoreReporter:
         self.retry_interval = retry_interval
         self.flush_timeout = flush_timeout
         self._cond = threading.Condition()
-        self._queue: deque[_Batch] = deque()
+        self._queue: deque[ReportBatch] = deque()
         self._pending_bytes = 0
-        self._inflight: _Batch | None = None
+        self._inflight: ReportBatch | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
         self._seq: OrderedDict[tuple[int, int], int] = OrderedDict()
@@ -149,28 +131,15 @@ class ScoreReporter:
         """
         if self._closing:
             raise GraceError("report() after close(): this ScoreReporter is closed")
-        if losses is None and importance is None and embeddings is None:
-            raise ValueError("losses, importance, embeddings: pass at least one of them")
-        ids = _as_array(indices, np.int64, "indices")
-        n = ids.shape[0]
-        loss = None if losses is None else _as_array(losses, np.float32, "losses", n)
-        imp = None if importance is None else _as_array(importance, np.float32, "importance", n)
-        emb = None
-        if embeddings is not None:
-            emb = np.array(_to_numpy(embeddings), dtype=np.float32, copy=True)
-            if emb.ndim != 2 or emb.shape[0] != n:
-                raise ValueError(f"embeddings: expected shape ({n}, dim), got {list(emb.shape)}")
-        keep = np.ones(n, dtype=bool)
-        for values in (loss, imp):
-            if values is not None:
-                keep &= np.isfinite(values)
-        if emb is not None:
-            keep &= np.isfinite(emb).all(axis=1)
+        clean = clean_report(indices, losses, importance, embeddings)
         round_ = self._current_round() if round is None else round
         seq = self._next_seq(step, round_)
-        batches = self._split(ids, loss, imp, emb, keep, round_, step, seq)
+        prefix = f"trainer.{self.run}.k{self.rank}.r{round_}.s{step}.n{seq}"
+        batches = split_report(
+            clean, prefix=prefix, chunk_size=self.chunk_size, round_=round_, step=step
+        )
         with self._cond:
-            self._counts["nonfinite_samples"] += int(n - keep.sum())
+            self._counts["nonfinite_samples"] += clean.nonfinite
             self._start_locked()
             for batch in batches:
                 self._enqueue(batch)
@@ -251,45 +220,7 @@ class ScoreReporter:
                 self._seq.popitem(last=False)
             return seq
 
-    def _split(
-        self,
-        ids: npt.NDArray[np.int64],
-        loss: npt.NDArray[np.float32] | None,
-        imp: npt.NDArray[np.float32] | None,
-        emb: npt.NDArray[np.float32] | None,
-        keep: npt.NDArray[np.bool_],
-        round_: int,
-        step: int,
-        seq: int,
-    ) -> list[_Batch]:
-        # The service refuses a batch that names a sample twice; the last report of it wins.
-        _, last = np.unique(ids[::-1], return_index=True)
-        unique = np.zeros(ids.shape[0], dtype=bool)
-        unique[ids.shape[0] - 1 - last] = True
-        keep = keep & unique if not unique.all() else keep
-        if not keep.all():
-            ids = ids[keep]
-            loss = None if loss is None else loss[keep]
-            imp = None if imp is None else imp[keep]
-            emb = None if emb is None else emb[keep]
-        prefix = f"trainer.{self.run}.k{self.rank}.r{round_}.s{step}.n{seq}"
-        out = []
-        for chunk, start in enumerate(range(0, ids.shape[0], self.chunk_size)):
-            part = slice(start, start + self.chunk_size)
-            out.append(
-                _Batch(
-                    batch_id=f"{prefix}.c{chunk}",
-                    ids=ids[part],
-                    loss=None if loss is None else loss[part],
-                    importance=None if imp is None else imp[part],
-                    embeddings=None if emb is None else emb[part],
-                    round=round_,
-                    step=step,
-                )
-            )
-        return out
-
-    def _enqueue(self, batch: _Batch) -> None:
+    def _enqueue(self, batch: ReportBatch) -> None:
         """Append under the lock, making room by the overflow policy."""
         size = batch.nbytes
         if self.overflow == "block":
@@ -382,7 +313,7 @@ class ScoreReporter:
                     self._cond.wait(self.retry_interval)
                 self._cond.notify_all()
 
-    def _send(self, batch: _Batch) -> None:
+    def _send(self, batch: ReportBatch) -> None:
         accepted = 0
         duplicate = False
         if batch.loss is not None or batch.importance is not None:
@@ -410,24 +341,3 @@ class ScoreReporter:
             self._counts["sent_batches"] += 1
             self._counts["sent_samples"] += accepted
             self._counts["duplicate_batches"] += int(duplicate)
-
-
-def _to_numpy(values: Any) -> Any:
-    """A numpy view of torch tensors (any device, any float width) and array-likes."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu()
-        if values.is_floating_point():
-            values = values.float()  # bfloat16 has no numpy dtype
-        return values.numpy()
-    return values
-
-
-def _as_array(values: Any, dtype: type[np.generic], name: str, length: int | None = None) -> Any:
-    arr = np.array(_to_numpy(values), dtype=dtype, copy=True)
-    if arr.ndim != 1:
-        raise ValueError(
-            f"{name}: expected one value per sample (1-D), got shape {list(arr.shape)}"
-        )
-    if length is not None and arr.shape[0] != length:
-        raise ValueError(f"{name}: has {arr.shape[0]} values for {length} indices; pass one each")
-    return arr
