@@ -54,7 +54,7 @@ class RoundCache:
         if manifest.status != RoundStatus.PUBLISHED:
             return
         sha = self._put_blob(manifest.model_dump_json().encode())
-        self._write_atomic(self._job_dir(manifest.job_id) / "manifests" / str(manifest.round), sha)
+        self._point(self._job_dir(manifest.job_id) / "manifests" / str(manifest.round), sha)
 
     def get_manifest(self, job: str, round_: int) -> RoundManifest | None:
         pointer = self._job_dir(job) / "manifests" / str(round_)
@@ -73,9 +73,7 @@ class RoundCache:
     def put_slice(self, piece: IndexSlice) -> None:
         meta, arrays = encode_index_slice(piece)
         sha = self._put_blob(encode_frame(meta, arrays))
-        self._write_atomic(
-            self._slice_pointer(piece.job_id, piece.round, piece.rank, piece.world), sha
-        )
+        self._point(self._slice_pointer(piece.job_id, piece.round, piece.rank, piece.world), sha)
 
     def get_slice(self, job: str, round_: int, rank: int, world: int) -> IndexSlice | None:
         pointer = self._slice_pointer(job, round_, rank, world)
@@ -133,6 +131,16 @@ class RoundCache:
         if not path.exists():
             self._write_atomic(path, data)
         return sha
+
+    def _point(self, pointer: Path, sha: str) -> None:
+        """Make `pointer` name `sha`; a pointer that already does is left alone (no fsync:
+        the prefetch thread re-caches the same manifest on every poll)."""
+        try:
+            if pointer.read_text().strip() == sha:
+                return
+        except OSError:
+            pass
+        self._write_atomic(pointer, sha)
 
     def _read_pointed(self, pointer: Path) -> bytes | None:
         """The verified blob a pointer names; a dangling or corrupt one is removed."""
