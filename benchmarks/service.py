@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
+def start_redis_server(workdir: Path) -> Iterator[str]:
     """A redis-server of our own on a free port, stopped by pid."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
@@ -78,7 +78,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def grace_service(store: str, data_dir: Path) -> Iterator[tuple[str, int]]:
+def start_grace_service(store: str, data_dir: Path) -> Iterator[tuple[str, int]]:
     """`grace serve` (uvicorn) as a subprocess on loopback; yields its base URL and pid."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
@@ -104,7 +104,7 @@ def grace_service(store: str, data_dir: Path) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=60)
 
 
-def cpu_seconds(pid: int) -> float | None:
+def read_cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process (Linux /proc); None where unavailable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -113,7 +113,7 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def clustered(n: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
+def make_clustered(n: int, dim: int, seed: int) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(max(n // 100, 1), dim)).astype(np.float32)
     noise = rng.normal(scale=0.35, size=(n, dim)).astype(np.float32)
@@ -214,11 +214,11 @@ def bench_indices(
 ) -> dict[str, float | None]:
     """Latency seen by the clients, and the service's own CPU per request (immune to other
     load on the machine, which stretches the latency tail but not the work per request)."""
-    cpu_before = cpu_seconds(pid)
+    cpu_before = read_cpu_seconds(pid)
     start = time.perf_counter()
     latencies = asyncio.run(_load(url, job, round_, clients, seconds))
     elapsed = time.perf_counter() - start
-    cpu_after = cpu_seconds(pid)
+    cpu_after = read_cpu_seconds(pid)
     cpu_ms = None
     if cpu_before is not None and cpu_after is not None:
         cpu_ms = 1000 * (cpu_after - cpu_before) / len(latencies)
@@ -246,14 +246,14 @@ def wait_round(client: httpx.Client, job: str, r: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = _load_average()
-    vectors = clustered(args.n_embed, args.dim, seed=0)
+    vectors = make_clustered(args.n_embed, args.dim, seed=0)
     log(f"raw hnswlib add_items of {args.n_embed} x {args.dim} in-process ...")
     raw = bench_hnswlib(vectors)
     results: dict[str, Any] = {"hnswlib": raw}
     with (
         tempfile.TemporaryDirectory(prefix="grace-bench-") as tmp,
-        redis_server(Path(tmp)) as redis_url,
-        grace_service(redis_url, Path(tmp) / "data") as (url, pid),
+        start_redis_server(Path(tmp)) as redis_url,
+        start_grace_service(redis_url, Path(tmp) / "data") as (url, pid),
         httpx.Client(base_url=url, timeout=600) as client,
     ):
         job = "embed"

@@ -15,7 +15,7 @@ from grace_proto.models import CreateJobRequest, RoundStatus
 from grace_selection.adapters.local_store import LocalScoreStore
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.redis_store import RedisScoreStore
-from grace_selection.api.app import index_factory
+from grace_selection.api.app import make_index_factory
 from grace_selection.service.registry import SelectionService
 from grace_selection.service.round_runner import compact_if_due
 
@@ -33,7 +33,7 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[]
 
 
 def open_service(store: ScoreStore, data_dir: Path) -> SelectionService:
-    service = SelectionService(store, index_factory("brute"), data_dir)
+    service = SelectionService(store, make_index_factory("brute"), data_dir)
     service.load()
     return service
 

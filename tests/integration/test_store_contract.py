@@ -21,7 +21,7 @@ from grace_selection.adapters.store_records import (
     RoundExistsError,
     StateSnapshot,
     StoredRound,
-    checksum,
+    compute_checksum,
 )
 
 StoreFactory = Callable[[], ScoreStore]
@@ -87,11 +87,19 @@ def test_append_is_idempotent_by_kind_and_batch_id(open_store: StoreFactory) -> 
     again = store.append_batch(job, "scores", "b1", b"one")
     reused = store.append_batch(job, "scores", "b1", b"something else")
     other_kind = store.append_batch(job, "embeddings", "b1", b"two")
-    assert (first.seq, first.duplicate, first.checksum) == (1, False, checksum(b"one"))
-    assert (again.seq, again.duplicate, again.checksum) == (1, True, checksum(b"one"))
-    # A reused id reports the stored checksum, so the caller can tell the payloads differ.
+    assert (first.seq, first.duplicate, first.checksum) == (
+        1,
+        False,
+        compute_checksum(b"one"),
+    )
+    assert (again.seq, again.duplicate, again.checksum) == (
+        1,
+        True,
+        compute_checksum(b"one"),
+    )
+    # A reused id reports the stored compute_checksum, so the caller can tell the payloads differ.
     assert reused.duplicate
-    assert reused.checksum == checksum(b"one")
+    assert reused.checksum == compute_checksum(b"one")
     assert (other_kind.seq, other_kind.duplicate) == (2, False)
     entries = list(open_store().read_log(job))
     assert [(e.seq, e.kind, e.batch_id, e.payload) for e in entries] == [

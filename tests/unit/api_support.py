@@ -49,7 +49,7 @@ def create_job(
     return body
 
 
-def clustered(n: int, dim: int, seed: int = 0) -> npt.NDArray[np.float32]:
+def make_clustered(n: int, dim: int, seed: int = 0) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(max(n // 50, 2), dim))
     return (centers[rng.integers(0, centers.shape[0], n)] + 0.3 * rng.normal(size=(n, dim))).astype(
@@ -93,7 +93,7 @@ def warm_up(client: TestClient, job: str, n: int, dim: int, seed: int = 0) -> No
     answer = post_frame(
         client,
         f"/v1/jobs/{job}/embeddings",
-        embeddings_frame(ids, clustered(n, dim, seed), "warm-e"),
+        embeddings_frame(ids, make_clustered(n, dim, seed), "warm-e"),
     )
     assert answer.status_code == 200, answer.text
     body = scores_frame(ids, "warm-s", importance=rng.random(n), loss=rng.random(n))

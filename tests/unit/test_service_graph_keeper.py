@@ -12,7 +12,7 @@ import pytest
 
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.adapters.ports import NeighborIndex
-from grace_selection.api.app import index_factory
+from grace_selection.api.app import make_index_factory
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 
 N, DIM, K = 300, 12, 5
@@ -89,7 +89,7 @@ def test_samples_without_embeddings_have_no_edges(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["brute", "hnsw"])
 def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
-    factory = index_factory(kind)
+    factory = make_index_factory(kind)
     vectors = data(6)
     keeper = GraphKeeper(N, DIM, factory, tmp_path / "idx")
     ids = np.arange(N, dtype=np.int64)
@@ -109,7 +109,7 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
     a = keeper.update(moved, far, 2, K, 0.1, lambda: (ids, new, 2))
     b = loaded.update(moved, far, 2, K, 0.1, lambda: (ids, new, 2))
     np.testing.assert_array_equal(a.graph.neighbors, b.graph.neighbors)
-    other = index_factory("brute" if kind == "hnsw" else "hnsw")
+    other = make_index_factory("brute" if kind == "hnsw" else "hnsw")
     assert not GraphKeeper(N, DIM, other, tmp_path / "idx").load()  # another index kind
     for index_dir in (tmp_path / "idx").glob("index-*"):
         shutil.rmtree(index_dir)

@@ -40,8 +40,8 @@ from grace_selection.adapters.store_records import (
     StateSnapshot,
     StoredRound,
     StoreError,
-    batch_field,
-    wire_array,
+    format_batch_field,
+    pack_array,
 )
 
 _ROUND_DIGITS = 8
@@ -115,7 +115,7 @@ class LocalScoreStore:
 
     def append_batch(self, job_id: str, kind: str, batch_id: str, payload: bytes) -> AppendResult:
         files = self._files(job_id)
-        key = batch_field(kind, batch_id)
+        key = format_batch_field(kind, batch_id)
         with files.lock:
             known = files.batches.get(key)
             if known is not None:
@@ -141,7 +141,7 @@ class LocalScoreStore:
             # New appends go to a fresh segment so that the covered ones can be deleted whole.
             files.log.roll()
             covered = {k: v for k, v in files.batches.items() if v[1] <= snapshot.seq}
-        arrays = {name: wire_array(name, value) for name, value in snapshot.arrays.items()}
+        arrays = {name: pack_array(name, value) for name, value in snapshot.arrays.items()}
 
         def write_files(folder: Path) -> None:
             for name, value in arrays.items():
@@ -164,7 +164,7 @@ class LocalScoreStore:
     # -- rounds ----------------------------------------------------------------------------
 
     def publish_round(self, job_id: str, stored: StoredRound) -> None:
-        arrays = {name: wire_array(name, value) for name, value in stored.arrays.items()}
+        arrays = {name: pack_array(name, value) for name, value in stored.arrays.items()}
 
         def fill(folder: Path) -> None:
             for name, value in arrays.items():
@@ -237,7 +237,10 @@ class LocalScoreStore:
             batches = {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
 
         def remember(header: RecordHeader) -> None:
-            batches[batch_field(header.kind, header.batch_id)] = (header.payload_crc, header.seq)
+            batches[format_batch_field(header.kind, header.batch_id)] = (
+                header.payload_crc,
+                header.seq,
+            )
 
         journal = SegmentLog.open(folder / "log", remember)
         # The seq counter never goes back, even when compaction deleted every segment.

@@ -29,9 +29,9 @@ from grace_selection.adapters.store_records import (
     StateSnapshot,
     StoredRound,
     StoreError,
-    batch_field,
-    checksum,
-    wire_array,
+    compute_checksum,
+    format_batch_field,
+    pack_array,
 )
 
 if TYPE_CHECKING:
@@ -145,8 +145,8 @@ class RedisScoreStore:
     def append_batch(self, job_id: str, kind: str, batch_id: str, payload: bytes) -> AppendResult:
         k = self._keys
         keys = [k.batches(job_id), k.seq(job_id), k.log(job_id), k.spec(job_id)]
-        field = batch_field(kind, batch_id)
-        args: list[Any] = [field, kind, batch_id, str(checksum(payload)), payload]
+        field = format_batch_field(kind, batch_id)
+        args: list[Any] = [field, kind, batch_id, str(compute_checksum(payload)), payload]
         with self._translated():
             try:
                 applied, value = self._append_script(keys=keys, args=args)
@@ -217,7 +217,7 @@ class RedisScoreStore:
     def publish_round(self, job_id: str, stored: StoredRound) -> None:
         k, r = self._keys, stored.round
         manifest_key = k.round_manifest(job_id, r)
-        arrays = {name: wire_array(name, value) for name, value in stored.arrays.items()}
+        arrays = {name: pack_array(name, value) for name, value in stored.arrays.items()}
         with self._translated(), self._redis.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(manifest_key, k.spec(job_id))
@@ -305,7 +305,7 @@ class RedisScoreStore:
         pending = 0
         with self._redis.pipeline(transaction=False) as pipe:
             for name, raw in arrays.items():
-                value = wire_array(name, raw)
+                value = pack_array(name, raw)
                 layout.append(_layout_of(name, value, self._chunk))
                 for i, chunk in enumerate(_chunks_of(value, self._chunk)):
                     pipe.set(key_of(name, i), chunk)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from grace_selection.adapters.atomic_files import fsync_dir
-from grace_selection.adapters.store_records import LogEntry, StoreError, checksum
+from grace_selection.adapters.store_records import LogEntry, StoreError, compute_checksum
 
 _PREFIX = struct.Struct("<II")
 _HEADER = struct.Struct("<QIIBH")
@@ -83,9 +83,9 @@ class SegmentLog:
         if seq <= self.last_seq:
             raise StoreError(f"log seq {seq} is not after the last one ({self.last_seq})")
         kind_b, bid_b = kind.encode(), batch_id.encode()
-        crc = checksum(payload)
+        crc = compute_checksum(payload)
         header = _HEADER.pack(seq, len(payload), crc, len(kind_b), len(bid_b)) + kind_b + bid_b
-        prefix = _PREFIX.pack(len(header) + len(payload), checksum(header))
+        prefix = _PREFIX.pack(len(header) + len(payload), compute_checksum(header))
         handle = self._writable(seq)
         fd = handle.fileno()
         start = os.lseek(fd, 0, os.SEEK_END)
@@ -112,7 +112,7 @@ class SegmentLog:
                         continue
                     fh.seek(header.payload_offset)
                     payload = fh.read(header.payload_len)
-                    if checksum(payload) != header.payload_crc:
+                    if compute_checksum(payload) != header.payload_crc:
                         raise StoreError(f"{segment.path}: record {header.seq} payload is damaged")
                     yield LogEntry(header.seq, header.kind, header.batch_id, payload)
                     fh.seek(header.payload_offset + header.payload_len)
@@ -184,7 +184,7 @@ def _scan_handle(fh: BinaryIO, path: Path, *, is_newest: bool) -> Iterator[Recor
         end = header.payload_offset + header.payload_len if header else size + 1
         if header is not None and end == size and is_newest:
             fh.seek(header.payload_offset)
-            if checksum(fh.read(header.payload_len)) != header.payload_crc:
+            if compute_checksum(fh.read(header.payload_len)) != header.payload_crc:
                 header = None
         if header is None or end > size:
             if not is_newest:
@@ -209,7 +209,7 @@ def _read_header(fh: BinaryIO, offset: int, size: int) -> RecordHeader | None:
     seq, payload_len, payload_crc, kind_len, bid_len = _HEADER.unpack(fixed)
     names = fh.read(kind_len + bid_len)
     header_len = _HEADER.size + kind_len + bid_len
-    if len(names) < kind_len + bid_len or checksum(fixed + names) != header_crc:
+    if len(names) < kind_len + bid_len or compute_checksum(fixed + names) != header_crc:
         return None
     if body_len != header_len + payload_len:
         return None

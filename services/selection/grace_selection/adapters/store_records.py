@@ -64,17 +64,17 @@ class StoredRound:
     arrays: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict)
 
 
-def checksum(payload: bytes | memoryview) -> int:
+def compute_checksum(payload: bytes | memoryview) -> int:
     """crc32 of a payload, the value stored beside each batch id."""
     return zlib.crc32(payload) & 0xFFFFFFFF
 
 
-def batch_field(kind: str, batch_id: str) -> str:
+def format_batch_field(kind: str, batch_id: str) -> str:
     """Batch ids are scoped by kind: an embeddings batch and a scores batch may share an id."""
     return f"{kind}:{batch_id}"
 
 
-def wire_array(name: str, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
+def pack_array(name: str, value: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """The array as a C-contiguous little-endian array of a dtype stores can keep."""
     arr = np.asarray(value)
     dtype = arr.dtype if arr.dtype.byteorder in ("<", "|", "=") else arr.dtype.newbyteorder("<")

@@ -45,7 +45,7 @@ def open_store(settings: ServiceSettings) -> ScoreStore:
     return LocalScoreStore(settings.data_dir / "store")
 
 
-def index_factory(kind: str) -> IndexFactory:
+def make_index_factory(kind: str) -> IndexFactory:
     """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact)."""
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
@@ -71,7 +71,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await run_in_threadpool(open_store, settings)
         service = SelectionService(
-            store, index_factory(settings.index), Path(settings.data_dir), events=metrics
+            store, make_index_factory(settings.index), Path(settings.data_dir), events=metrics
         )
         app.state.service = metrics_holder["service"] = service
         loader = threading.Thread(target=service.load, name="grace-load", daemon=True)

@@ -39,7 +39,7 @@ BINARY_BODY: dict[str, Any] = {
 JSON_MEDIA = "application/json"
 
 
-def binary_answer(model: type[BaseModel] | None, description: str) -> dict[int | str, Any]:
+def describe_binary_answer(model: type[BaseModel] | None, description: str) -> dict[int | str, Any]:
     """OpenAPI for a 200 that is a frame (and, with a model, optionally JSON)."""
     content: dict[str, Any] = {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}
     answer: dict[str, Any] = {"description": description, "content": content}
@@ -48,13 +48,13 @@ def binary_answer(model: type[BaseModel] | None, description: str) -> dict[int |
     return {200: answer}
 
 
-def media_type(request: Request) -> str:
+def read_media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def read_frame(request: Request) -> bytes:
     """The raw body of a frame upload (the size limit is enforced by the BodyLimit middleware)."""
-    kind = media_type(request)
+    kind = read_media_type(request)
     if kind != MEDIA_TYPE:
         raise ApiError(
             415,
@@ -66,8 +66,11 @@ async def read_frame(request: Request) -> bytes:
     return await request.body()
 
 
-def json_response(model: BaseModel, status_code: int = 200, **headers: str) -> Response:
+def make_json_response(model: BaseModel, status_code: int = 200, **headers: str) -> Response:
     """Serialise once with pydantic's fast path; skips FastAPI's re-validation of the answer."""
     return Response(
-        model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA, headers=headers
+        model.model_dump_json(),
+        status_code=status_code,
+        media_type=JSON_MEDIA,
+        headers=headers,
     )

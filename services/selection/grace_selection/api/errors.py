@@ -64,7 +64,7 @@ class ApiError(Exception):
         self.field, self.headers, self.extra = field, headers, extra
 
 
-def error_response(
+def make_error_response(
     status: int,
     code: str,
     detail: str,
@@ -89,7 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
 async def _api_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ApiError):
         raise exc
-    return error_response(
+    return make_error_response(
         exc.status,
         exc.code,
         exc.detail,
@@ -112,14 +112,14 @@ async def _service_error(request: Request, exc: Exception) -> Response:
         raise exc
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
     retry = {"Retry-After": "1"} if status == 503 else None
-    return error_response(
+    return make_error_response(
         status, exc.code, exc.detail, field=exc.field, headers=retry, extra=exc.extra
     )
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
     log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-    return error_response(
+    return make_error_response(
         503,
         "store_unavailable",
         f"the score store cannot serve this request ({exc}); retry later",
@@ -135,7 +135,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     field = _dotted(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "invalid JSON")
-        return error_response(
+        return make_error_response(
             400,
             "malformed_json",
             f"the body is not valid JSON ({reason}); send a JSON object",
@@ -147,7 +147,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     if len(errors) > 1:
         listed = [{"field": _dotted(e.get("loc", ())), "msg": e.get("msg")} for e in errors]
         extra = {"errors": listed}
-    return error_response(422, "invalid_field", detail, field=field or None, extra=extra)
+    return make_error_response(422, "invalid_field", detail, field=field or None, extra=extra)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -160,12 +160,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}; see proto/API.md"
     headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, code, detail, headers=headers)
+    return make_error_response(exc.status_code, code, detail, headers=headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(
+    return make_error_response(
         500,
         "internal_error",
         f"the service failed unexpectedly ({type(exc).__name__}); the log has the details",

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from grace_selection.api.errors import ApiError, error_response
+from grace_selection.api.errors import ApiError, make_error_response
 
 
-def too_large(limit: int, size: int | None) -> ApiError:
+def make_too_large_error(limit: int, size: int | None) -> ApiError:
     what = f"the body is {size} bytes" if size is not None else "the body is too large"
     return ApiError(
         413,
@@ -37,8 +37,8 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.limit:
-            error = too_large(self.limit, declared)
-            response = error_response(
+            error = make_too_large_error(self.limit, declared)
+            response = make_error_response(
                 error.status, error.code, error.detail, field=error.field, extra=error.extra
             )
             await response(scope, receive, send)
@@ -52,7 +52,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise too_large(limit, None)
+                    raise make_too_large_error(limit, None)
             return message
 
         await self.app(scope, counting_receive, send)

@@ -136,7 +136,7 @@ def parse_strata(body: bytes, n: int) -> StrataBatch:
     return StrataBatch(_batch_id(frame.meta), strata, body)
 
 
-def score_batch_from_json(request: ScoreBatchRequest, n: int) -> ScoreBatch:
+def parse_score_json(request: ScoreBatchRequest, n: int) -> ScoreBatch:
     """The JSON form of a small score batch, checked like a frame and encoded as one."""
     arrays: dict[str, npt.NDArray[Any]] = {"ids": np.asarray(request.ids, dtype=np.int64)}
     for name in ("loss", "importance"):

@@ -24,7 +24,7 @@ from grace_proto.models import (
     RoundStatus,
 )
 from grace_selection.adapters.ports import ScoreStore
-from grace_selection.adapters.store_records import checksum
+from grace_selection.adapters.store_records import compute_checksum
 from grace_selection.dashboard.projection_cache import ProjectionCache
 from grace_selection.service.batches import Batch, ScoreBatch, find_duplicate
 from grace_selection.service.errors import (
@@ -35,7 +35,7 @@ from grace_selection.service.errors import (
 )
 from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.rounds import Body, RoundCache, RoundData
-from grace_selection.service.specs import JobSpec, initial_strata
+from grace_selection.service.specs import JobSpec, read_initial_strata
 from grace_selection.service.state import JobArrays
 
 CHECKPOINT_DOCUMENT = "checkpoint"
@@ -45,7 +45,7 @@ class Job:
     def __init__(self, spec: JobSpec, keeper: GraphKeeper) -> None:
         self.spec = spec
         self.keeper = keeper
-        self.arrays = JobArrays(spec.n, spec.dim, initial_strata(spec.request))
+        self.arrays = JobArrays(spec.n, spec.dim, read_initial_strata(spec.request))
         self.lock = threading.Lock()
         self.manifests: dict[int, RoundManifest] = {}  # published rounds
         self.manifest_bytes: dict[int, bytes] = {}  # exactly as stored and served
@@ -95,7 +95,7 @@ class Job:
                     )
             result = store.append_batch(self.job_id, batch.kind, batch.batch_id, batch.payload)
             if result.duplicate:
-                if result.checksum != checksum(batch.payload):
+                if result.checksum != compute_checksum(batch.payload):
                     raise ConflictError(
                         f"batch id {batch.batch_id!r} was already used for a different "
                         f"{batch.kind} batch; use a new batch id for new data",
@@ -253,5 +253,5 @@ def parse_manifest(raw: bytes) -> RoundManifest:
     return RoundManifest.model_validate_json(raw)
 
 
-def utc_now() -> datetime:
+def get_utc_now() -> datetime:
     return datetime.now(UTC)

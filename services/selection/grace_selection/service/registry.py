@@ -29,7 +29,7 @@ from grace_proto.models import (
 )
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import StoreError
-from grace_selection.service.batches import ScoreBatch, parse_batch, score_batch_from_json
+from grace_selection.service.batches import ScoreBatch, parse_batch, parse_score_json
 from grace_selection.service.errors import (
     ConflictError,
     NotFoundError,
@@ -40,12 +40,12 @@ from grace_selection.service.errors import (
 )
 from grace_selection.service.events import NoEvents, ServiceEvents
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
-from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job, parse_manifest, utc_now
+from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job, get_utc_now, parse_manifest
 from grace_selection.service.round_runner import (
     after_publish,
     compact_if_due,
-    compaction_due,
     describe,
+    is_compaction_due,
     run_round,
 )
 from grace_selection.service.rounds import Body, encode_rescore
@@ -58,12 +58,12 @@ class SelectionService:
     def __init__(
         self,
         store: ScoreStore,
-        index_factory: IndexFactory,
+        make_index_factory: IndexFactory,
         data_dir: Path,
         events: ServiceEvents | None = None,
     ) -> None:
         self.store = store
-        self.index_factory = index_factory
+        self.make_index_factory = make_index_factory
         self.data_dir = Path(data_dir)
         self.events: ServiceEvents = events or NoEvents()
         self._jobs: dict[str, Job] = {}
@@ -232,7 +232,7 @@ class SelectionService:
 
     def ingest_scores_json(self, job_id: str, request: ScoreBatchRequest) -> IngestResponse:
         job = self.job(job_id)
-        batch = score_batch_from_json(request, job.spec.n)
+        batch = parse_score_json(request, job.spec.n)
         answer = job.ingest(batch, self.store)
         self.events.batch_ingested(
             "scores", batch.source, answer.accepted, len(batch.payload), answer.duplicate
@@ -245,7 +245,7 @@ class SelectionService:
     def _maybe_compact(self, job: Job) -> None:
         """Rounds compact the log after publishing; a job ingesting for long without rounds is
         compacted from here, on the round thread (so never while a round computes)."""
-        if job.compaction_queued or not compaction_due(job, factor=2.0):
+        if job.compaction_queued or not is_compaction_due(job, factor=2.0):
             return
         job.compaction_queued = True
 
@@ -297,7 +297,7 @@ class SelectionService:
                 status=RoundStatus.COMPUTING,
                 config=job.spec.request.config,
                 seed=seed,
-                created_at=utc_now(),
+                created_at=get_utc_now(),
             )
             job.computing = pending
         self._rounds.submit(self._run, job, pending)
@@ -374,7 +374,7 @@ class SelectionService:
     def put_checkpoint(self, job_id: str, request: CheckpointRequest) -> CheckpointInfo:
         job = self.job(job_id)
         info = CheckpointInfo(
-            path=request.path, step=request.step, round=request.round, published_at=utc_now()
+            path=request.path, step=request.step, round=request.round, published_at=get_utc_now()
         )
         with job.lock:
             self.store.put_document(job_id, CHECKPOINT_DOCUMENT, info.model_dump_json().encode())
@@ -396,4 +396,4 @@ class SelectionService:
 
     def _keeper(self, spec: JobSpec) -> GraphKeeper:
         folder = self.data_dir / "indexes" / spec.job_id
-        return GraphKeeper(spec.n, spec.dim, self.index_factory, folder)
+        return GraphKeeper(spec.n, spec.dim, self.make_index_factory, folder)

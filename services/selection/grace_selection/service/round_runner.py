@@ -23,8 +23,8 @@ from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import StateSnapshot, StoredRound
 from grace_selection.core.coreset import sha256_of_indices
 from grace_selection.core.rounds import compute_round
-from grace_selection.service.jobs import Job, utc_now
-from grace_selection.service.rounds import RoundData, churn_between
+from grace_selection.service.jobs import Job, get_utc_now
+from grace_selection.service.rounds import RoundData, measure_churn
 
 log = logging.getLogger("grace_selection.rounds")
 COMPACT_MIN_BYTES = 64 * 1024 * 1024
@@ -71,11 +71,11 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
             "count": coreset.size,
             "indices_sha256": sha256_of_indices(coreset.indices),
             "digest": coreset.digest,
-            "published_at": utc_now(),
+            "published_at": get_utc_now(),
             "weighted": coreset.weights is not None,
             "rescore_count": int(result.rescore_plan.size),
             "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
-            "churn": churn_between(previous, coreset.indices),
+            "churn": measure_churn(previous, coreset.indices),
             "timings": RoundTimings(
                 graph_seconds=graph_seconds,
                 # compute_round estimates, selects and plans in one call: its time is here.
@@ -119,7 +119,7 @@ def after_publish(job: Job, store: ScoreStore, r: int) -> None:
         log.exception("could not compact the log of job %s; replay will take longer", job.job_id)
 
 
-def compaction_due(job: Job, factor: float = 1.0) -> bool:
+def is_compaction_due(job: Job, factor: float = 1.0) -> bool:
     """The log has outgrown `factor` times the state (and 64 MiB): replay would cost more than
     reading a snapshot."""
     arrays_state = job.arrays
@@ -129,7 +129,7 @@ def compaction_due(job: Job, factor: float = 1.0) -> bool:
 def compact_if_due(job: Job, store: ScoreStore, *, force: bool = False) -> bool:
     """Snapshot the state and drop the log it covers once the log outgrows the state."""
     arrays_state = job.arrays
-    if not force and not compaction_due(job):
+    if not force and not is_compaction_due(job):
         return False
     with job.lock:
         if job.deleted:

@@ -158,7 +158,7 @@ class RoundCache:
                 self._data.popitem(last=False)
 
 
-def churn_between(
+def measure_churn(
     previous: npt.NDArray[np.int64] | None, current: npt.NDArray[np.int64]
 ) -> float | None:
     """Share of `current` (sorted ids) not in `previous`; None for the first round."""

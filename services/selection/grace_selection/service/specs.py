@@ -43,14 +43,16 @@ class JobSpec:
     def from_bytes(cls, raw: bytes) -> JobSpec:
         body = json.loads(raw)
         request = CreateJobRequest.model_validate(body["request"])
-        return cls(request, datetime.fromisoformat(body["created_at"]), core_config(request.config))
+        return cls(
+            request, datetime.fromisoformat(body["created_at"]), build_core_config(request.config)
+        )
 
     @classmethod
     def new(cls, request: CreateJobRequest) -> JobSpec:
         """Validate what pydantic cannot see (config rules of the core, strata length)."""
-        config = core_config(request.config)
+        config = build_core_config(request.config)
         if request.strata is not None:
-            initial_strata(request)  # raises on a bad length or a negative tag
+            read_initial_strata(request)  # raises on a bad length or a negative tag
         if request.text_source is not None and not request.text_source.lower().endswith(".jsonl"):
             raise InvalidInputError(
                 'must be the path of a .jsonl file whose line i holds sample i as {"text": ...}',
@@ -62,7 +64,7 @@ class JobSpec:
         return self.request.model_dump(mode="json") == other.model_dump(mode="json")
 
 
-def core_config(model: SelectionConfigModel) -> SelectionConfig:
+def build_core_config(model: SelectionConfigModel) -> SelectionConfig:
     """The core's frozen config, with its validation errors named under `config.`."""
     try:
         return SelectionConfig.from_dict(model.model_dump())
@@ -70,7 +72,7 @@ def core_config(model: SelectionConfigModel) -> SelectionConfig:
         raise InvalidInputError(exc.message, field=f"config.{exc.field}") from exc
 
 
-def initial_strata(request: CreateJobRequest) -> npt.NDArray[np.int32] | None:
+def read_initial_strata(request: CreateJobRequest) -> npt.NDArray[np.int32] | None:
     """The stratum tags given at creation, checked; None if none were given."""
     if request.strata is None:
         return None

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from grace_proto.models import HealthResponse
-from grace_selection.api.deps import Service, json_response
+from grace_selection.api.deps import Service, make_json_response
 from grace_selection.api.metrics import CONTENT_TYPE, ServiceMetrics
 
 router = APIRouter(tags=["health"])
@@ -14,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", operation_id="healthz", response_model=HealthResponse)
 async def healthz() -> Response:
-    return json_response(HealthResponse(status="ok"))
+    return make_json_response(HealthResponse(status="ok"))
 
 
 @router.get(
@@ -27,7 +27,7 @@ async def readyz(service: Service) -> Response:
     checks = await run_in_threadpool(service.readiness)
     ready = all(value == "ok" for value in checks.values())
     answer = HealthResponse(status="ok" if ready else "unavailable", checks=checks)
-    return json_response(answer, 200 if ready else 503)
+    return make_json_response(answer, 200 if ready else 503)
 
 
 @router.get("/metrics", operation_id="metrics", response_class=Response)

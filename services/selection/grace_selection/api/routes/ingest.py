@@ -20,9 +20,9 @@ from grace_selection.api.deps import (
     JSON_MEDIA,
     JobId,
     Service,
-    json_response,
-    media_type,
+    make_json_response,
     read_frame,
+    read_media_type,
 )
 from grace_selection.api.errors import ApiError
 
@@ -58,7 +58,7 @@ _SCORES_BODY: dict[str, Any] = {
 )
 async def post_embeddings(job: JobId, request: Request, service: Service) -> Response:
     body = await read_frame(request)
-    return json_response(await run_in_threadpool(service.ingest, job, "embeddings", body))
+    return make_json_response(await run_in_threadpool(service.ingest, job, "embeddings", body))
 
 
 @router.post(
@@ -68,15 +68,15 @@ async def post_embeddings(job: JobId, request: Request, service: Service) -> Res
     openapi_extra=_SCORES_BODY,
 )
 async def post_scores(job: JobId, request: Request, service: Service) -> Response:
-    if media_type(request) == JSON_MEDIA:
+    if read_media_type(request) == JSON_MEDIA:
         raw = await request.body()
         try:
             batch = ScoreBatchRequest.model_validate_json(raw)
         except ValidationError as exc:
             raise _json_error(exc) from exc
-        return json_response(await run_in_threadpool(service.ingest_scores_json, job, batch))
+        return make_json_response(await run_in_threadpool(service.ingest_scores_json, job, batch))
     body = await read_frame(request)
-    return json_response(await run_in_threadpool(service.ingest, job, "scores", body))
+    return make_json_response(await run_in_threadpool(service.ingest, job, "scores", body))
 
 
 @router.put(
@@ -87,7 +87,7 @@ async def post_scores(job: JobId, request: Request, service: Service) -> Respons
 )
 async def put_strata(job: JobId, request: Request, service: Service) -> Response:
     body = await read_frame(request)
-    return json_response(await run_in_threadpool(service.ingest, job, "strata", body))
+    return make_json_response(await run_in_threadpool(service.ingest, job, "strata", body))
 
 
 def _json_error(exc: ValidationError) -> ApiError:

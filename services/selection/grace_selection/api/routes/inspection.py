@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from grace_proto.frames import MEDIA_TYPE
 from grace_proto.models import ErrorResponse, SampleResponse
 from grace_selection.api.auth import READ
-from grace_selection.api.deps import JobId, Service, binary_answer, json_response
+from grace_selection.api.deps import JobId, Service, describe_binary_answer, make_json_response
 from grace_selection.service.inspection import describe_sample, project
 
 router = APIRouter(
@@ -31,13 +31,13 @@ async def get_sample(
     def sample() -> SampleResponse:
         return describe_sample(service.job(job), service.store, sample_id)
 
-    return json_response(await run_in_threadpool(sample))
+    return make_json_response(await run_in_threadpool(sample))
 
 
 @router.get(
     "/v1/jobs/{job}/projection",
     operation_id="get_projection",
-    responses=binary_answer(None, "frame: ids, xy (n, 2), importance, in_coreset"),
+    responses=describe_binary_answer(None, "frame: ids, xy (n, 2), importance, in_coreset"),
 )
 async def get_projection(
     job: JobId,

@@ -14,7 +14,7 @@ from grace_proto.models import (
     JobResponse,
 )
 from grace_selection.api.auth import READ, WRITE
-from grace_selection.api.deps import JobId, Service, json_response
+from grace_selection.api.deps import JobId, Service, make_json_response
 
 router = APIRouter(tags=["jobs"], responses={422: {"model": ErrorResponse}})
 
@@ -32,12 +32,12 @@ router = APIRouter(tags=["jobs"], responses={422: {"model": ErrorResponse}})
 )
 async def create_job(request: CreateJobRequest, service: Service) -> Response:
     job, created = await run_in_threadpool(service.create_job, request)
-    return json_response(job, 201 if created else 200)
+    return make_json_response(job, 201 if created else 200)
 
 
 @router.get("/v1/jobs", operation_id="list_jobs", response_model=JobListResponse, dependencies=READ)
 async def list_jobs(service: Service) -> Response:
-    return json_response(await run_in_threadpool(service.list_jobs))
+    return make_json_response(await run_in_threadpool(service.list_jobs))
 
 
 @router.get(
@@ -48,7 +48,7 @@ async def list_jobs(service: Service) -> Response:
     responses={404: {"model": ErrorResponse}},
 )
 async def get_job(job: JobId, service: Service) -> Response:
-    return json_response(await run_in_threadpool(lambda: service.job(job).response()))
+    return make_json_response(await run_in_threadpool(lambda: service.job(job).response()))
 
 
 @router.delete(
@@ -71,7 +71,7 @@ async def delete_job(job: JobId, service: Service) -> Response:
     responses={404: {"model": ErrorResponse}},
 )
 async def put_checkpoint(job: JobId, request: CheckpointRequest, service: Service) -> Response:
-    return json_response(await run_in_threadpool(service.put_checkpoint, job, request))
+    return make_json_response(await run_in_threadpool(service.put_checkpoint, job, request))
 
 
 @router.get(
@@ -82,4 +82,4 @@ async def put_checkpoint(job: JobId, request: CheckpointRequest, service: Servic
     responses={404: {"model": ErrorResponse}},
 )
 async def get_checkpoint(job: JobId, service: Service) -> Response:
-    return json_response(service.get_checkpoint(job))
+    return make_json_response(service.get_checkpoint(job))

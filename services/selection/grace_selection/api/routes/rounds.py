@@ -26,8 +26,8 @@ from grace_selection.api.deps import (
     JobId,
     RoundRef,
     Service,
-    binary_answer,
-    json_response,
+    describe_binary_answer,
+    make_json_response,
 )
 from grace_selection.service.errors import InvalidInputError
 from grace_selection.service.inspection import describe_round
@@ -58,7 +58,7 @@ async def trigger_round(
 ) -> Response:
     manifest = await run_in_threadpool(service.trigger_round, job, request)
     location = f"/v1/jobs/{job}/rounds/{manifest.round}"
-    return json_response(manifest, 202, Location=location, **{"Retry-After": "1"})
+    return make_json_response(manifest, 202, Location=location, **{"Retry-After": "1"})
 
 
 @router.get(
@@ -87,7 +87,7 @@ async def get_round(job: JobId, r: RoundRef, service: Service) -> Response:
     "/v1/jobs/{job}/rounds/{r}/indices",
     operation_id="get_indices",
     dependencies=READ,
-    responses={**binary_answer(IndicesResponse, "this rank's slice"), **_COMPUTING},
+    responses={**describe_binary_answer(IndicesResponse, "this rank's slice"), **_COMPUTING},
 )
 async def get_indices(
     job: JobId,
@@ -109,7 +109,10 @@ async def get_indices(
     "/v1/jobs/{job}/rounds/{r}/rescore",
     operation_id="get_rescore_plan",
     dependencies=READ,
-    responses={**binary_answer(RescorePlanResponse, "ids this shard scores"), **_COMPUTING},
+    responses={
+        **describe_binary_answer(RescorePlanResponse, "ids this shard scores"),
+        **_COMPUTING,
+    },
 )
 async def get_rescore_plan(
     job: JobId, r: RoundRef, service: Service, shard: Shard = 0, of: Of = 1, format: Format = "bin"
@@ -137,4 +140,4 @@ async def get_round_stats(
         found = service.job(job)
         return describe_round(found, service.store, found.resolve_round(r), bins)
 
-    return json_response(await run_in_threadpool(stats))
+    return make_json_response(await run_in_threadpool(stats))
