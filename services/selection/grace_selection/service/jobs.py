@@ -31,6 +31,7 @@ from grace_selection.service.errors import (
     ConflictError,
     InvalidInputError,
     RoundComputingError,
+    UnknownJobError,
     UnknownRoundError,
 )
 from grace_selection.service.graph_keeper import GraphKeeper
@@ -79,6 +80,7 @@ class Job:
     def ingest(self, batch: Batch, store: ScoreStore) -> IngestResponse:
         """Record the batch durably, then apply it; a repeated batch id changes nothing."""
         with self.lock:
+            self.check_alive()
             if isinstance(batch, ScoreBatch) and batch.round > self.next_round:
                 raise InvalidInputError(
                     f"round {batch.round} is ahead of the job: the next round is "
@@ -106,6 +108,11 @@ class Job:
             self.arrays.apply(batch, result.seq)
         accepted = int(ids.shape[0]) if ids is not None else self.spec.n
         return IngestResponse(batch_id=batch.batch_id, accepted=accepted, duplicate=False)
+
+    def check_alive(self) -> None:
+        """A request that raced a DELETE of this job finds it gone (call under the lock)."""
+        if self.deleted:
+            raise UnknownJobError(f"job {self.job_id!r} was deleted", field="job_id")
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -276,6 +276,7 @@ class SelectionService:
         """Start computing the next round (or answer the one in progress)."""
         job = self.job(job_id)
         with job.lock:
+            job.check_alive()
             if job.computing is not None:
                 return job.computing
             if (
@@ -377,6 +378,7 @@ class SelectionService:
             path=request.path, step=request.step, round=request.round, published_at=get_utc_now()
         )
         with job.lock:
+            job.check_alive()
             self.store.put_document(job_id, CHECKPOINT_DOCUMENT, info.model_dump_json().encode())
             job.checkpoint = info
             job.clear_warmup_bodies()
