@@ -147,13 +147,48 @@ def test_confident_predictions_keep_relative_precision_in_float32() -> None:
     torch.testing.assert_close(norms.double(), expected, rtol=1e-5, atol=0.0)
 
 
-def test_chunking_changes_nothing() -> None:
+def test_tiling_changes_nothing() -> None:
     model = make_model(2)
     ids, mask = make_batch(8, [10, 5, 16, 3])
-    whole = score_batch(model, ids, mask, chunk_tokens=10_000)
-    chunked = score_batch(model, ids, mask, chunk_tokens=3)
-    torch.testing.assert_close(chunked.importance, whole.importance, rtol=1e-12, atol=0.0)
-    torch.testing.assert_close(chunked.loss, whole.loss, rtol=1e-12, atol=0.0)
+    whole = score_batch(model, ids, mask, tile_elements=1 << 20)
+    tiled = score_batch(model, ids, mask, tile_elements=16)  # one vocab column per tile
+    torch.testing.assert_close(tiled.importance, whole.importance, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(tiled.loss, whole.loss, rtol=1e-12, atol=0.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 40),
+    vocab=st.integers(2, 70),
+    row_block=st.integers(1, 50),
+    tile_elements=st.integers(1, 400),
+    spread=st.floats(0.1, 30.0),
+    bias=st.booleans(),
+)
+def test_token_stats_match_the_definition_for_any_tiling(
+    seed: int, n: int, vocab: int, row_block: int, tile_elements: int, spread: float, bias: bool
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    C = 6
+    layer = torch.nn.Linear(C, vocab, bias=bias).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(vocab, C, generator=gen, dtype=torch.float64) * spread)
+    hidden = torch.randn(n, C, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    loss, norm = output_token_stats(
+        hidden, layer, targets, row_block=row_block, tile_elements=tile_elements
+    )
+    with torch.no_grad():
+        logits = layer(hidden)
+    p = torch.softmax(logits, dim=1)
+    onehot = torch.nn.functional.one_hot(targets, vocab).double()
+    h_norm = (hidden.square().sum(dim=1) + (1.0 if bias else 0.0)).sqrt()
+    expected_norm = torch.linalg.vector_norm(p - onehot, dim=1) * h_norm
+    expected_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    # atol: the oracle's own p - onehot cancels to ~1e-16 when p_y is near 1.
+    torch.testing.assert_close(norm, expected_norm, rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-9, atol=1e-12)
 
 
 def test_sample_without_a_target_is_refused_by_row() -> None:
