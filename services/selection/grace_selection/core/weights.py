@@ -18,7 +18,7 @@ from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 def compute_coverage_weights(
     graph: KnnGraph, picks: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.float32]:
-    """Weights aligned with `picks` (sorted unique, (K,) int64, K >= 1): (K,) float32, sum N."""
+    """Weights aligned with `picks` (unique, (K,) int64, K >= 1): (K,) float32, summing to N."""
     n, k = graph.n, graph.k
     if picks.shape[0] == 0:
         raise ValueError("picks must not be empty: there is nothing to carry the weight")
@@ -48,7 +48,8 @@ def compute_coverage_weights(
     owner[picks] = picks
 
     represented = owner < n
-    slot = np.searchsorted(picks, owner[represented])
-    weights = np.bincount(slot, minlength=picks.shape[0]).astype(np.float64)
+    slot_of = np.empty(n, dtype=np.int64)  # position of each pick in `picks`
+    slot_of[picks] = np.arange(picks.shape[0])
+    weights = np.bincount(slot_of[owner[represented]], minlength=picks.shape[0]).astype(np.float64)
     weights += (n - int(represented.sum())) / picks.shape[0]
     return weights.astype(np.float32)
