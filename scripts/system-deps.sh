@@ -8,6 +8,7 @@ packages=(
     chromium-driver # ... driven by selenium through /usr/bin/chromedriver
     docker-compose  # `docker-compose config` checks docker-compose.yml offline (tests/unit/test_deploy_compose.py)
     shellcheck      # lints deploy/**/*.sh as POSIX sh (tests/unit/test_deploy_scripts.py)
+    fortunes        # real English text for the scoring workers' integration tests and benchmark
 )
 need=()
 for pkg in "${packages[@]}"; do
