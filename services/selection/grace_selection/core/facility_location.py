@@ -13,9 +13,10 @@ steps per vectorised round:
 3. walk the B best: a candidate joins unless its CSR row shares a column with a better-ranked
    one of the round. A joining candidate's gain is therefore exact when it joins (no pick of
    the round touched its row), and it ranks among the top B of B * R random draws, which is
-   at least as selective as the best of R. The next best unpicked candidates of the round are
-   re-scored in the next one: their gains can only have fallen (submodularity), so they are
-   re-scored, never trusted; this lazy memory closes most of the gap to exact greedy.
+   on average at least as selective as stochastic greedy's best of R. The next best unpicked
+   candidates of the round are scored again in the next one (their gains can only have
+   fallen, by submodularity, so they are re-scored, never trusted); this lazy memory closes
+   most of the gap to exact greedy.
 B is sized so that picks of one round rarely touch each other (see _OVERLAP_FACTOR). When the
 sample would be the whole pool and B = 1 (small graphs), each round is an exact greedy step.
 Randomness comes only from `rng`; ties go to the lower sample id.
@@ -139,7 +140,7 @@ def facility_location_objective(
 
 
 def _sample_size(pool: int, budget: int, epsilon: float) -> int:
-    """R = ceil((n / K) * ln(1 / epsilon)), at least 1 (epsilon = 1 gives random picks)."""
+    """R = ceil((n / K) * ln(1 / epsilon)), at least 1 (epsilon = 1: one draw per pick)."""
     return max(1, math.ceil(pool / budget * math.log(1.0 / epsilon)))
 
 
