@@ -34,8 +34,21 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--rho", type=float, default=0.3, help="share re-scored each round")
     demo.add_argument("--steps", type=int, default=400, help="optimiser steps per method")
     demo.add_argument("--round-steps", type=int, default=50)
+    demo.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="uniform random steps before the first round (default: a quarter of --steps)",
+    )
     demo.add_argument("--workers", type=int, default=1, help="Ray scoring actors")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--documents",
+        type=int,
+        default=20_000,
+        help="training documents, split 60/25/15 over WordNet, KJV and fortunes",
+    )
+    demo.add_argument("--held-out", type=int, default=500, help="held-out documents per source")
     demo.add_argument(
         "--store",
         default=os.environ.get("GRACE_STORE") or os.environ.get("REDIS_URL") or "",
@@ -80,7 +93,11 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     args.results.mkdir(parents=True, exist_ok=True)
     log.info("building the corpus and tokenizer (cached in %s)", args.work_dir / "data")
-    recipe = TextRecipe(seed=args.seed)
+    recipe = TextRecipe(
+        train_counts=_source_counts(args.documents),
+        eval_per_source=args.held_out,
+        seed=args.seed,
+    )
     data = prepare_text_data(args.work_dir / "data", recipe)
     n = len(data.train)
     counts = {
@@ -90,7 +107,15 @@ def _run(args: argparse.Namespace) -> int:
     model_config = TinyGPTConfig(
         vocab_size=data.train.vocab_size, block_size=recipe.max_tokens, n_layer=2, n_embd=128
     )
-    schedule = TrainSchedule(total_steps=args.steps, round_steps=args.round_steps)
+    warmup = args.steps // 4 if args.warmup_steps is None else args.warmup_steps
+    try:
+        schedule = TrainSchedule(
+            total_steps=args.steps, warmup_steps=warmup, round_steps=args.round_steps
+        )
+    except ValueError as exc:
+        raise SystemExit(
+            f"grace demo: {exc} (--steps {args.steps}, --warmup-steps {warmup})"
+        ) from None
     budget = max(1, round(args.budget * n))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -99,15 +124,18 @@ def _run(args: argparse.Namespace) -> int:
     log.info("starting the selection service on %s", store_label)
     service = start_local_service(service_dir, store=args.store)
     results: list[RunResult] = []
+    own_ray = False
     try:
         log.info("dashboard: %s/dashboard  (API docs: %s/docs)", service.url, service.url)
-        ray.init(
-            num_cpus=max(2, args.workers),
-            num_gpus=0,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=False,
-        )
+        own_ray = not ray.is_initialized()
+        if own_ray:  # a caller (a test, a notebook) may already have a cluster: use it
+            ray.init(
+                num_cpus=max(2, args.workers),
+                num_gpus=0,
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=False,
+            )
         job_id = f"demo-{int(time.time())}"
         worker = WorkerSettings(
             service_url=service.url,
@@ -150,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
             run_training(data, model_config, schedule, baseline, args.seed, warm, log_round)
         )
     finally:
-        if ray.is_initialized():
+        if own_ray and ray.is_initialized():
             ray.shutdown()
         service.stop()
     table = write_report(args.results, results, data.stratum_names, _describe(args, n, budget))
@@ -160,6 +188,15 @@ def _run(args: argparse.Namespace) -> int:
     )
     (args.results / "settings.json").write_text(json.dumps(_describe(args, n, budget), indent=2))
     return 0
+
+
+def _source_counts(documents: int) -> dict[str, int]:
+    """60% WordNet, 25% KJV, 15% fortunes: imbalanced on purpose (see debian_corpus)."""
+    if documents < 20:
+        raise SystemExit(f"grace demo: --documents must be >= 20, got {documents}")
+    bible = documents * 25 // 100
+    fortunes = documents * 15 // 100
+    return {"wordnet": documents - bible - fortunes, "bible": bible, "fortunes": fortunes}
 
 
 def _describe(args: argparse.Namespace, n: int, budget: int) -> dict[str, Any]:
