@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/selection.py --sizes 100000,1000000 --json docs/results/selection.json
 	$(PY) benchmarks/quality_synthetic.py --seeds 0,1,2 --json docs/results/quality_synthetic.json
 	$(PY) benchmarks/service.py --json docs/results/service.json --markdown docs/results/service.md
+	$(PY) benchmarks/scoring.py --json docs/results/scoring.json
 
 # The OpenAPI document of the v1 API; a unit test fails when it is stale.
 openapi: $(STAMP)
