@@ -223,7 +223,7 @@ def test_a_shard_that_keeps_failing_stops_the_round_with_the_actors_error(
     create_job(service, "pool-fail", tmp_path)
     ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     worker = settings_for(service, "pool-fail", ds.path, trained)
-    settings = PoolSettings(workers=1, shards=3, shard_attempts=2, progress=False)
+    settings = PoolSettings(workers=2, shards=3, shard_attempts=2, progress=False)
     with (
         ScoringPool(worker, settings, worker_cls=AlwaysFailingWorker) as pool,
         pytest.raises(ScoringError, match=r"failed 2 times(.|\n)*disk on fire"),

@@ -14,6 +14,7 @@ cluster that is 0, and the actors run on the CPU instead of waiting for a GPU th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -175,7 +176,7 @@ class ScoringPool:
         device = self.worker.device
         if device == "auto":
             device = "cuda" if num_gpus > 0 else "cpu"
-        settings = WorkerSettings(**{**_fields(self.worker), "device": device})
+        settings = dataclasses.replace(self.worker, device=device)
         options = {
             "num_cpus": self.settings.num_cpus,
             "num_gpus": num_gpus,
@@ -253,8 +254,8 @@ class ScoringPool:
                 if self.on_progress is not None:
                     self.on_progress(report)
         except BaseException:
-            for ref in inflight:
-                ray.cancel(ref, force=True)
+            for ref in inflight:  # the other shards' work is moot now; the actors stay usable
+                ray.cancel(ref)
             raise
         finally:
             bar.close()
@@ -301,10 +302,6 @@ class ScoringPool:
             log.warning("actor %d is gone; continuing with the others", actor)
             return
         idle.append(actor)
-
-
-def _fields(settings: WorkerSettings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
 
 def _progress_bar(total: int, desc: str, *, enabled: bool) -> Any:

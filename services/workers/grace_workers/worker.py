@@ -23,6 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from grace_client import CoresetClient
+from grace_proto.models import CheckpointInfo
 from grace_workers.batching import batch_key, collate, plan_batches
 from grace_workers.checkpoints import LoadedModel, load_model
 from grace_workers.dataset import DatasetFormatError, TokenDataset
@@ -113,8 +115,6 @@ class ScoringWorker:
     """Loads the dataset and (lazily) the round's model; `score_shard` does one shard."""
 
     def __init__(self, settings: WorkerSettings) -> None:
-        from grace_client import CoresetClient
-
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.dataset = TokenDataset.open(settings.data_path)
@@ -225,7 +225,7 @@ class ScoringWorker:
         )
         return emb.accepted, int(emb.duplicate) + int(scores.duplicate)
 
-    def _model_for(self, checkpoint: Any) -> tuple[LoadedModel, int]:
+    def _model_for(self, checkpoint: CheckpointInfo | None) -> tuple[LoadedModel, int]:
         """The model the service names for this round (or the fallback), loaded once per version."""
         if checkpoint is not None:
             path, step = str(checkpoint.path), int(checkpoint.step)
