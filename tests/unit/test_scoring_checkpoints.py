@@ -70,6 +70,7 @@ def test_models_with_transformed_logits_are_refused() -> None:
 
 def test_local_hugging_face_gpt2_scores_like_its_own_logits(tmp_path: Path) -> None:
     import transformers  # in the dev extra: a missing install fails here, it is not skipped
+
     config = transformers.GPT2Config(
         vocab_size=64,
         n_positions=16,
