@@ -54,6 +54,14 @@ def register(subparsers: Any) -> None:
     score.add_argument("--device", default="auto", help="cpu, cuda, ... (default: from GPUs)")
     score.add_argument("--max-tokens", type=int, help="cut samples to this many tokens")
     score.add_argument("--max-restarts", type=int, default=2, help="Ray restarts per actor")
+    score.add_argument(
+        "--exact-grad",
+        action="append",
+        default=[],
+        metavar="PARAM",
+        help="use the exact per-sample gradient norm of this parameter as importance "
+        "(repeatable, e.g. head.weight); default: the closed-form output-layer norm",
+    )
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.add_argument("--json", action="store_true", help="print the round report as JSON")
     score.set_defaults(func=run_score)
@@ -90,6 +98,7 @@ def run_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         max_tokens=args.max_tokens,
+        exact_params=tuple(args.exact_grad),
     )
     pool = PoolSettings(
         workers=args.workers,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,11 @@ import torch
 from grace_client import CoresetClient
 from grace_proto.models import CheckpointInfo
 from grace_workers.batching import batch_key, collate, plan_batches
-from grace_workers.checkpoints import LoadedModel, load_model
+from grace_workers.checkpoints import HuggingFaceCausalLM, LoadedModel, load_model
 from grace_workers.dataset import DatasetFormatError, TokenDataset
 from grace_workers.projection import make_projection, project_embeddings
-from grace_workers.scoring import score_batch
+from grace_workers.scoring import exact_grad_norms, score_batch
+from grace_workers.tiny_gpt import TinyGPT
 
 
 class NoCheckpointError(RuntimeError):
@@ -46,6 +48,8 @@ class WorkerSettings:
     max_tokens: cut samples to this many tokens (default: the model's context).
     retries, backoff_cap: the client's per-request retry policy (capped exponential backoff).
     plan_wait: seconds to wait for a plan whose previous round is still computing.
+    exact_params: parameter names (e.g. "head.weight", a LoRA adapter's) whose exact
+        per-sample gradient norm replaces the closed-form importance; slower, see scoring.
     """
 
     service_url: str
@@ -60,6 +64,7 @@ class WorkerSettings:
     retries: int = 6
     backoff_cap: float = 8.0
     plan_wait: float = 600.0
+    exact_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -102,6 +107,33 @@ class _Timer:
     score: float = 0.0
     post: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+
+
+def score_arrays(
+    model: TinyGPT | HuggingFaceCausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    projection: torch.Tensor,
+    *,
+    exact_params: Sequence[str] = (),
+) -> dict[str, npt.NDArray[np.float32]]:
+    """What a batch sends: embeddings (B, dim), loss (B,), importance (B,), float32 numpy.
+
+    importance is the closed-form output-layer proxy, or with `exact_params` the exact norm of
+    each sample's gradient w.r.t. those parameters (torch.func: one backward per sample).
+    """
+    scores = score_batch(model, input_ids, attention_mask)
+    embeddings = project_embeddings(scores.pooled, projection)  # (B, dim)
+    importance = (
+        exact_grad_norms(model, input_ids, attention_mask, exact_params)
+        if exact_params
+        else scores.importance
+    )  # (B,)
+    return {
+        "embeddings": embeddings.float().cpu().numpy(),
+        "loss": scores.loss.float().cpu().numpy(),
+        "importance": importance.detach().float().cpu().numpy(),
+    }
 
 
 def resolve_device(device: str) -> torch.device:
@@ -163,17 +195,13 @@ class ScoringWorker:
         for index, batch_ids in enumerate(batches):
             t0 = time.perf_counter()
             input_ids, mask = collate(self.dataset, batch_ids, limit)
-            scores = score_batch(
+            arrays = score_arrays(
                 loaded.model,
                 input_ids.to(self.device),
                 mask.to(self.device),
+                projection,
+                exact_params=self.settings.exact_params,
             )
-            embeddings = project_embeddings(scores.pooled, projection)  # (B, dim)
-            arrays = {
-                "embeddings": embeddings.float().cpu().numpy(),
-                "loss": scores.loss.float().cpu().numpy(),
-                "importance": scores.importance.float().cpu().numpy(),
-            }
             timer.score += time.perf_counter() - t0
             t0 = time.perf_counter()
             key = batch_key(job.job_id, round_, shard, of, index, batch_ids.tolist())
