@@ -3,27 +3,37 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-dev
+DEMO_STAMP := $(VENV)/.installed-all
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps demo test test-unit test-integration test-e2e test-browser lint typecheck bench openapi clean
 
-$(STAMP): pyproject.toml
+# torch is pinned in the worker extra; installing it first keeps pip on the local CPU build.
+define venv_install
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch is pinned in the worker extra; installing it first keeps pip on the local CPU build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(1)]'
+	@touch $@
+endef
+
+$(STAMP): pyproject.toml
+	$(call venv_install,dev)
+	@touch $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(call venv_install,all)
 
 install: $(STAMP) system-deps
 
 system-deps:
-	@bash scripts/system-deps.sh
+	@bash scripts/system-deps.sh test
 
-demo: install
+demo: $(DEMO_STAMP)
+	@bash scripts/system-deps.sh demo
 	$(PY) -m grace_selection.cli demo
 
 test: install

@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# Debian packages the tests and the demo need; installs only what is missing.
-# One package per line below; keep the reason beside it.
+# Debian packages the demo and the tests need; installs only what is missing.
+# Usage: system-deps.sh demo|test. One package per line below; keep the reason beside it.
 set -euo pipefail
-packages=(
+profile="${1:-test}"
+demo_packages=(
+    wordnet-base    # real English text for the demo and the paper table: WordNet glosses
+    bible-kjv       # ... King James Version verses
+    fortunes        # ... fortune cookies; also the scoring workers' integration tests
+)
+test_packages=(
     redis-server    # the Redis score store's integration tests start a real server
     chromium        # the dashboard's browser tests (tests/browser) run it headless
     chromium-driver # ... driven by selenium through /usr/bin/chromedriver
     docker-compose  # `docker-compose config` checks docker-compose.yml offline (tests/unit/test_deploy_compose.py)
     shellcheck      # lints deploy/**/*.sh as POSIX sh (tests/unit/test_deploy_scripts.py)
-    fortunes        # real English text for the scoring workers' integration tests and benchmark
 )
+case "$profile" in
+    demo) packages=("${demo_packages[@]}") ;;
+    test) packages=("${demo_packages[@]}" "${test_packages[@]}") ;;
+    *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+esac
 need=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
