@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--round-steps", type=int, default=50)
     parser.add_argument("--methods", default="all", help="comma-separated row names, or all")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--documents", type=int, default=20_000, help="training documents (60/25/15 split)"
+    )
     return parser.parse_args(argv)
 
 
@@ -78,12 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
     wanted = None if args.methods == "all" else set(args.methods.split(","))
-    recipe = TextRecipe()
+    bible, fortunes = args.documents * 25 // 100, args.documents * 15 // 100
+    recipe = TextRecipe(
+        train_counts={
+            "wordnet": args.documents - bible - fortunes,
+            "bible": bible,
+            "fortunes": fortunes,
+        }
+    )
     data = prepare_text_data(args.work_dir / "data", recipe)
     model_config = TinyGPTConfig(
         vocab_size=data.train.vocab_size, block_size=recipe.max_tokens, n_layer=2, n_embd=128
     )
-    schedule = TrainSchedule(total_steps=args.steps, round_steps=args.round_steps)
+    schedule = TrainSchedule(
+        total_steps=args.steps, warmup_steps=args.steps // 4, round_steps=args.round_steps
+    )
     torch.set_num_threads(os.cpu_count() or 1)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[int, float]]] = {}
