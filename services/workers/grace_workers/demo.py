@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,9 @@ def run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from grace_workers.debian_corpus import CorpusSourceMissingError
 
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so that the service and Ray we
+    # started are stopped by the `finally` blocks instead of being left behind.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return _run(args)
     except CorpusSourceMissingError as exc:
@@ -188,6 +192,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     (args.results / "settings.json").write_text(json.dumps(_describe(args, n, budget), indent=2))
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _source_counts(documents: int) -> dict[str, int]:
