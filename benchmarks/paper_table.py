@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.paper_report import write_outputs
+    from grace_selection.local_service import start_local_service
     from grace_workers.coreset_training import TrainSchedule, warm_up
-    from grace_workers.local_service import start_local_service
     from grace_workers.text_experiment import TextRecipe, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
 

@@ -84,10 +84,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from grace_client import CoresetClient
     from grace_proto.models import SelectionConfigModel
+    from grace_selection.local_service import start_local_service
     from grace_workers.coreset_training import RunResult, TrainSchedule, run_training, warm_up
     from grace_workers.demo_report import log_round, write_report
     from grace_workers.grace_provider import GraceServiceProvider
-    from grace_workers.local_service import start_local_service
     from grace_workers.pool import PoolSettings, ScoringPool
     from grace_workers.providers import RandomPerRoundProvider
     from grace_workers.text_experiment import TextRecipe, prepare_text_data

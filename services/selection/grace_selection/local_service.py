@@ -1,4 +1,8 @@
-"""Run `grace serve` as a child process on loopback: for the demo and local experiments."""
+"""Run `grace serve` as a child process on loopback: for the demo, benchmarks and tests.
+
+Stdlib only (readiness is polled with urllib), so anything that has the service installed can
+start one without extra dependencies.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,29 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import httpx
+REDIS_DEFAULT_PORTS = frozenset({6379, 6399})
 
 
 def free_loopback_port() -> int:
-    """A free TCP port on 127.0.0.1, never Redis' usual 6379/6399."""
+    """A free TCP port on 127.0.0.1, never one of Redis' usual ports."""
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port not in (6379, 6399):
+        if port not in REDIS_DEFAULT_PORTS:
             return port
 
 
 @dataclass
 class LocalService:
-    """A `grace serve` child; `stop()` ends it by pid (TERM, then KILL)."""
+    """A `grace serve` child: `stop()` ends it by pid (TERM, then KILL); `kill_hard()` is -9."""
 
     proc: subprocess.Popen[bytes]
     url: str
@@ -44,18 +51,31 @@ class LocalService:
     ) -> None:
         self.stop()
 
+    def kill_hard(self) -> None:
+        """SIGKILL: no shutdown hooks, no flushing; what is not durable is lost."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait(timeout=20)
+                self.kill_hard()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=1.0) as response:
+                return int(response.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
 
 
 def start_local_service(
@@ -64,14 +84,24 @@ def start_local_service(
     store: str = "",
     index: str = "hnsw",
     port: int | None = None,
-    ready_timeout: float = 90.0,
+    env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    wait_ready: bool = True,
+    ready_timeout: float = 90.0,
 ) -> LocalService:
-    """Start the service on a free loopback port and wait until /readyz answers 200."""
+    """Start the service on loopback and (by default) wait until /readyz answers 200.
+
+    env: the child's environment (default: this process's, less GRACE_TOKEN so that a token
+    meant for another service does not lock this one).
+    """
     port = port or free_loopback_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir / "service.log"
-    env = {k: v for k, v in os.environ.items() if k != "GRACE_TOKEN"}
+    child_env = (
+        dict(env)
+        if env is not None
+        else {k: v for k, v in os.environ.items() if k != "GRACE_TOKEN"}
+    )
     command = [
         sys.executable,
         "-m",
@@ -87,28 +117,24 @@ def start_local_service(
         store,
         "--index",
         index,
-        "--log-level",
-        "info",
     ]
     with log_path.open("ab") as log_file:
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
     service = LocalService(proc, f"http://127.0.0.1:{port}", log_path)
+    if not wait_ready:
+        return service
     deadline = time.monotonic() + ready_timeout
-    while True:
+    while not service.is_ready():
         if proc.poll() is not None:
             raise RuntimeError(
                 f"grace serve exited with code {proc.returncode}; its log ({log_path}) ends:\n"
                 f"{service.log_tail()}"
             )
-        try:
-            if httpx.get(f"{service.url}/readyz", timeout=1.0).status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass
         if time.monotonic() > deadline:
-            service.stop()
+            service.kill_hard()
             raise RuntimeError(
                 f"grace serve was not ready after {ready_timeout:.0f} s; its log ends:\n"
                 f"{service.log_tail()}"
             )
         time.sleep(0.1)
+    return service
