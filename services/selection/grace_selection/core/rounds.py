@@ -33,7 +33,8 @@ class RoundResult:
     rescore_plan: sorted int64 ids to score with the newest model for the next round.
     importance: (N,) float32, the vector the selection used: fresh values and estimates
         (NaN where a sample was never scored and nothing could be estimated).
-    estimated: (N,) bool, True where importance is an estimate rather than a fresh score.
+    estimated: (N,) bool, True where importance is not a fresh score: an estimate, or NaN
+        where nothing is known yet.
     """
 
     coreset: Coreset
