@@ -12,17 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
+from benchmarks.lm_grace_inprocess import score_samples
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.scores import ScoreTable
 from grace_selection.core.selectors import select_coreset
-from grace_workers.batching import collate, plan_batches
 from grace_workers.coreset_training import RoundPlan
 from grace_workers.dataset import TokenDataset
-from grace_workers.projection import make_projection, project_embeddings
-from grace_workers.scoring import score_batch
 from grace_workers.tiny_gpt import TinyGPT
 
 F32 = npt.NDArray[np.float32]
@@ -42,18 +39,9 @@ def score_everything(
     model: TinyGPT, dataset: TokenDataset, dim: int, seed: int, batch_size: int = 64
 ) -> FullScores:
     """The workers' scoring math over all N samples, in this process."""
-    n = len(dataset)
-    loss, importance = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    embeddings = np.zeros((n, dim), np.float32)
-    projection = torch.from_numpy(make_projection(model.output_layer.in_features, dim, seed))
-    model.eval()
-    for ids in plan_batches(np.arange(n, dtype=np.int64), dataset.lengths, batch_size):
-        input_ids, mask = collate(dataset, ids, model.max_positions)
-        scores = score_batch(model, input_ids, mask)
-        loss[ids] = scores.loss.numpy()
-        importance[ids] = scores.importance.numpy()
-        embeddings[ids] = project_embeddings(scores.pooled, projection).numpy()
-    return FullScores(loss, importance, embeddings)
+    ids = np.arange(len(dataset), dtype=np.int64)
+    scored = score_samples(model, dataset, ids, dim, seed, batch_size)
+    return FullScores(scored.loss, scored.importance, scored.embeddings)
 
 
 class _StaticScored:
