@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=0.2, help="coreset share of the data")
     parser.add_argument("--rescore-every", type=int, default=60, help="steps; 0 = never")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--wait-for-rounds",
+        action="store_true",
+        help="after requesting a round, wait until it is published (reproducible round switches; "
+        "by default training never waits and picks the round up when it is ready)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     return parser.parse_args(argv)
 
@@ -143,7 +149,9 @@ def warm_up(client: CoresetClient, job: str, scorer: Scorer) -> None:
     )
 
 
-def rescore_next_round(client: CoresetClient, job: str, scorer: Scorer) -> None:
+def rescore_next_round(
+    client: CoresetClient, job: str, scorer: Scorer, *, wait: bool = False
+) -> None:
     """Score the plan for the next round with the current model and ask for that round."""
     status = client.get_job(job)
     if status.status == JobStatus.SELECTING or status.current_round is None:
@@ -153,6 +161,8 @@ def rescore_next_round(client: CoresetClient, job: str, scorer: Scorer) -> None:
     scorer.post(client, job, plan.ids, next_round)
     client.trigger_round(job)
     log.info("rescored %d samples; round %d requested", plan.ids.shape[0], next_round)
+    if wait:
+        client.wait_for_round(job, next_round, timeout=600)
 
 
 class SampleIds(Dataset[int]):
@@ -220,7 +230,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         (time.perf_counter() - started) / (step - first_step),
                     )
                 if args.rescore_every and step % args.rescore_every == 0:
-                    rescore_next_round(client, args.job, scorer)
+                    rescore_next_round(client, args.job, scorer, wait=args.wait_for_rounds)
+                    if args.wait_for_rounds:
+                        sampler.poll()  # take the published round at the next epoch
                 if step >= last_step:
                     break
         stats = reporter.close()

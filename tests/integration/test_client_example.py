@@ -31,6 +31,7 @@ def _run(url: str, work: Path, *extra: str) -> dict[str, object]:
         "8",
         "--rescore-every",
         "6",
+        "--wait-for-rounds",  # a fast machine would otherwise finish before round 1 is out
         *extra,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ import numpy as np
 from grace_proto.frames import MEDIA_TYPE, encode_frame
 from tests.integration.service_process import start_service
 
-N, DIM, JOB = 10_000, 32, "busy"
+N, DIM, JOB = 30_000, 64, "busy"  # big enough that a round takes seconds on a quiet machine
 
 
 def post(client: httpx.Client, path: str, meta: dict[str, Any], **arrays: Any) -> None:
