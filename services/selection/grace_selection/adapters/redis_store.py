@@ -13,6 +13,7 @@ All keys come from `keys.RedisKeys`. Durability is that of the Redis server: run
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -65,6 +66,9 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
 end
 return 0
 """
+
+
+_SNAPSHOT_READ_ATTEMPTS = 5
 
 
 class RedisScoreStore:
@@ -203,14 +207,23 @@ class RedisScoreStore:
     def read_snapshot(self, job_id: str) -> StateSnapshot | None:
         k = self._keys
         with self._translated():
-            meta = self._redis.hgetall(k.snapshot(job_id))
-            if not meta:
-                return None
-            gen = int(meta[b"gen"])
-            arrays = self._read_arrays(
-                json.loads(meta[b"layout"]), lambda name, i: k.snapshot_chunk(job_id, gen, name, i)
-            )
-        return StateSnapshot(seq=int(meta[b"seq"]), arrays=arrays)
+            # A compaction may swap in a newer generation (and unlink this one's chunks)
+            # between reading the meta and the chunks: then read the newer one.
+            for _ in range(_SNAPSHOT_READ_ATTEMPTS):
+                meta = self._redis.hgetall(k.snapshot(job_id))
+                if not meta:
+                    return None
+                gen = int(meta[b"gen"])
+                key_of = functools.partial(k.snapshot_chunk, job_id, gen)
+                try:
+                    arrays = self._read_arrays(json.loads(meta[b"layout"]), key_of)
+                except StoreError:
+                    now = self._redis.hget(k.snapshot(job_id), "gen")
+                    if now is not None and int(now) != gen:
+                        continue
+                    raise
+                return StateSnapshot(seq=int(meta[b"seq"]), arrays=arrays)
+        raise StoreError(f"the snapshot of job {job_id!r} kept changing while being read")
 
     # -- rounds ----------------------------------------------------------------------------
 
