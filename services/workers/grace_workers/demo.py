@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="uniform random steps before the first round (default: a quarter of --steps)",
     )
+    demo.add_argument(
+        "--batch-by",
+        choices=("tokens", "documents"),
+        default="tokens",
+        help="tokens: every step holds the tokens of 32 mean-length documents, the same for "
+        "both methods; documents: 32 documents a step, whatever their length",
+    )
     demo.add_argument("--workers", type=int, default=1, help="Ray scoring actors")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
@@ -85,7 +92,13 @@ def _run(args: argparse.Namespace) -> int:
     from grace_client import CoresetClient
     from grace_proto.models import SelectionConfigModel
     from grace_selection.local_service import start_local_service
-    from grace_workers.coreset_training import RunResult, TrainSchedule, run_training, warm_up
+    from grace_workers.coreset_training import (
+        RunResult,
+        TrainSchedule,
+        run_training,
+        tokens_per_step_for,
+        warm_up,
+    )
     from grace_workers.demo_report import log_round, write_report
     from grace_workers.grace_provider import GraceServiceProvider
     from grace_workers.pool import PoolSettings, ScoringPool
@@ -113,8 +126,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     warmup = args.steps // 4 if args.warmup_steps is None else args.warmup_steps
     try:
+        tokens = tokens_per_step_for(data.train.lengths, 32, recipe.max_tokens)
         schedule = TrainSchedule(
-            total_steps=args.steps, warmup_steps=warmup, round_steps=args.round_steps
+            total_steps=args.steps,
+            warmup_steps=warmup,
+            round_steps=args.round_steps,
+            tokens_per_step=tokens if args.batch_by == "tokens" else None,
         )
     except ValueError as exc:
         raise SystemExit(

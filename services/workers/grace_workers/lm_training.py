@@ -75,15 +75,22 @@ def train_step(
     mask: Tensor,
     weights: Tensor | None = None,
     clip: float = 1.0,
+    token_mean: bool = False,
 ) -> Tensor:
     """One optimiser step on the (optionally weighted) mean of per-sample losses.
 
+    token_mean: average over the batch's predicted tokens instead (each sample counts by its
+        length), the usual causal-LM loss and what token-weighted perplexity measures; a
+        sample's weight then multiplies each of its tokens.
     Returns each sample's mean token loss (B,), detached: the free signal trainers report.
     """
     model.train()
     losses, target_mask = token_losses(model, input_ids, mask)
-    per_sample = losses.sum(dim=1) / target_mask.sum(dim=1).clamp(min=1)  # (B,)
+    counts = target_mask.sum(dim=1)  # (B,)
+    per_sample = losses.sum(dim=1) / counts.clamp(min=1)  # (B,)
     w = torch.ones_like(per_sample) if weights is None else weights.to(per_sample.dtype)
+    if token_mean:
+        w = w * counts
     loss = (per_sample * w).sum() / w.sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]

@@ -63,3 +63,21 @@ class RandomPerRoundProvider(_ScoreFree):
         rng = np.random.default_rng([self.seed, 4, round_])
         ids = np.sort(rng.choice(self.n, size=self.budget, replace=False)).astype(np.int64)
         return RoundPlan(ids)
+
+
+class LengthWeightedRandomPerRound(_ScoreFree):
+    """Random per round, each document drawn with probability proportional to its predicted
+    tokens: the baseline that gets GRACE's longer documents without any scoring, to tell
+    "better documents" from "more tokens per step"."""
+
+    name = "random per round by length"
+
+    def __init__(self, lengths: npt.NDArray[np.int64], budget: int, seed: int) -> None:
+        self.budget, self.seed = budget, seed
+        weight = np.maximum(np.asarray(lengths, dtype=np.float64) - 1.0, 1.0)
+        self.p = weight / weight.sum()
+
+    def next_round(self, round_: int, model: TinyGPT, step: int) -> RoundPlan:
+        rng = np.random.default_rng([self.seed, 6, round_])
+        ids = rng.choice(self.p.size, size=self.budget, replace=False, p=self.p)
+        return RoundPlan(np.sort(ids).astype(np.int64))
