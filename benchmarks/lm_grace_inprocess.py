@@ -36,8 +36,12 @@ import torch
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.core.budget import split_budget
 from grace_selection.core.config import SelectionConfig
-from grace_selection.core.rounds import compute_round
+from grace_selection.core.estimation import estimate_stale_scores
+from grace_selection.core.graph import KnnGraph
+from grace_selection.core.rescore import plan_rescore
+from grace_selection.core.rounds import RoundResult, compute_round
 from grace_selection.core.scores import NEVER_SCORED, ScoreTable
+from grace_selection.core.selectors import select_coreset
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_workers.batching import collate, plan_batches
 from grace_workers.coreset_training import (
@@ -99,7 +103,8 @@ def load_shared_start(
     disk: every variant of a study (and every process sharing the cache) starts identically."""
     key = hashlib.sha256(
         f"{model_config}|{schedule.warmup_steps}|{schedule.total_steps}|{schedule.lr}|"
-        f"{schedule.batch_size}|{schedule.lr_warmup}|{seed}|{data.train.path}".encode()
+        f"{schedule.batch_size}|{schedule.lr_warmup}|{seed}|{data.train.path}"
+        f"{'|token-mean' if schedule.token_mean_loss else ''}".encode()
     ).hexdigest()[:12]
     cache.mkdir(parents=True, exist_ok=True)
     warm_path, scores_path = cache / f"warm-{key}.pt", cache / f"scores-{key}.npz"
@@ -152,6 +157,9 @@ class InProcessGrace:
         initial: ScoredSamples | None = None,
         report_losses: bool = True,
         invert_importance: bool = False,
+        centre_embeddings: bool = False,
+        importance_per_document: bool = False,
+        demote_previous: bool = False,
     ) -> None:
         n = len(dataset)
         self.name, self.dataset, self.config = name, dataset, config
@@ -160,6 +168,13 @@ class InProcessGrace:
         self.initial = initial
         self.report_losses = report_losses
         self.invert_importance = invert_importance
+        self.centre_embeddings = centre_embeddings
+        self.importance_per_document = importance_per_document
+        self.demote_previous = demote_previous
+        self.previous_coreset: I64 = np.zeros(0, dtype=np.int64)
+        # Predicted tokens per document (datasets are cut to the model's context when built):
+        # what a per-token mean is multiplied by to give the document's summed gradient norm.
+        self.n_targets = np.maximum(np.asarray(dataset.lengths) - 1, 1).astype(np.float32)
         self.loss = np.full(n, np.nan, np.float32)
         self.importance = np.full(n, np.nan, np.float32)
         self.scored_round = np.full(n, NEVER_SCORED, np.int32)
@@ -189,7 +204,7 @@ class InProcessGrace:
         graph_started = time.perf_counter()
         update = self.keeper.update(
             scored.ids,
-            scored.embeddings,
+            self._centred(scored.embeddings),
             self._seq,
             self.config.k,
             self.config.drift_threshold,
@@ -201,7 +216,8 @@ class InProcessGrace:
         table = ScoreTable(
             self.loss.copy(), self.importance.copy(), self.scored_round.copy(), self.strata
         )
-        result = compute_round(
+        compute = self._compute_demoted if self.demote_previous else compute_round
+        result = compute(
             update.graph,
             table,
             self.previous_importance,
@@ -211,6 +227,7 @@ class InProcessGrace:
             seed=self.seed,
         )
         self.previous_importance = result.importance
+        self.previous_coreset = result.coreset.indices
         self.plan = result.rescore_plan
         info: dict[str, Any] = {
             "scoring_seconds": scoring_seconds,
@@ -221,6 +238,34 @@ class InProcessGrace:
         }
         # Shared round-0 scores still count: the service path scores every sample at round 0.
         return RoundPlan(result.coreset.indices, result.coreset.weights, scored.ids.size, info)
+
+    def _compute_demoted(
+        self,
+        graph: KnnGraph,
+        table: ScoreTable,
+        previous: F32,
+        fresh: npt.NDArray[np.bool_],
+        config: SelectionConfig,
+        *,
+        round_: int,
+        seed: int,
+    ) -> RoundResult:
+        """`compute_round`, except that the selection ranks last round's coreset below every
+        other sample: a sub-epoch run then keeps meeting new documents (the study's novelty
+        experiment). The rescore plan and the returned importance are not demoted."""
+        importance = estimate_stale_scores(
+            graph, previous, table.importance, fresh, config.estimation_rule, config.smooth_strength
+        )
+        demoted = importance.copy()
+        if self.previous_coreset.size and np.isfinite(importance).any():
+            floor = float(np.nanmin(importance))
+            demoted[self.previous_coreset] = floor - abs(floor) - 1.0
+        chosen = ScoreTable(table.loss, demoted, table.scored_round, table.stratum)
+        coreset = select_coreset(graph, chosen, config, round_=round_, seed=seed)
+        plan_rng = np.random.default_rng([seed, round_, 0x7E5C])
+        plan = plan_rescore(graph, importance, table.scored_round, round_, config, plan_rng)
+        measured = np.asarray(fresh, dtype=np.bool_) & np.isfinite(table.importance)
+        return RoundResult(coreset, plan, importance, ~measured)
 
     def observe(self, round_: int, step: int, ids: I64, losses: F32) -> None:
         if self.report_losses:
@@ -233,7 +278,10 @@ class InProcessGrace:
         """Record fresh scores as the service's JobArrays.apply does (the last write wins)."""
         ids = scored.ids
         self.loss[ids] = scored.loss
-        value = -scored.importance if self.invert_importance else scored.importance
+        value = scored.importance
+        if self.importance_per_document:
+            value = value * self.n_targets[ids]
+        value = -value if self.invert_importance else value
         self.importance[ids] = value
         self.scored_round[ids] = round_
         self.embeddings[ids] = scored.embeddings
@@ -242,7 +290,17 @@ class InProcessGrace:
 
     def _fetch_all(self) -> tuple[I64, F32, int]:
         ids = np.flatnonzero(self.embedded).astype(np.int64)
-        return ids, self.embeddings[ids], self._seq
+        return ids, self._centred(self.embeddings[ids]), self._seq
+
+    def _centred(self, vectors: F32) -> F32:
+        """Rows minus the mean of every stored embedding, re-normalised (when enabled)."""
+        if not self.centre_embeddings:
+            return vectors
+        centre: F32 = self.embeddings[self.embedded].mean(axis=0)
+        moved: F32 = vectors - centre[None, :]
+        norms: F32 = np.linalg.norm(moved, axis=1, keepdims=True)
+        centred: F32 = (moved / np.maximum(norms, 1e-12)).astype(np.float32)
+        return centred
 
 
 class StratifiedRandomPerRound:

@@ -22,58 +22,15 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.lm_variants import BASELINE, VARIANTS, Variant, make_provider
+
 log = logging.getLogger("lm_tuning")
-BASELINE = "random per round"
-
-
-@dataclass(frozen=True, slots=True)
-class Variant:
-    """One row of the study: a sampling method and, for GRACE, its config and options."""
-
-    kind: str  # "grace", "random per round" or "random static"
-    config: Mapping[str, Any] = field(default_factory=dict)  # SelectionConfig overrides
-    use_weights: bool = False
-    invert_importance: bool = False
-    report_losses: bool = True
-
-
-EQUAL_SHARES = {0: 0.334, 1: 0.333, 2: 0.333}
-
-
-def grace(**config: Any) -> Variant:
-    return Variant("grace", config)
-
-
-VARIANTS: dict[str, Variant] = {
-    BASELINE: Variant(BASELINE),
-    "random static": Variant("random static"),
-    # The service defaults (message passing, importance only, no guard, rho 0.3, delta).
-    "GRACE default": grace(),
-    "GRACE weighted": Variant("grace", {}, use_weights=True),
-    "GRACE inverted": Variant("grace", {}, invert_importance=True),
-    "GRACE guard 0.1": grace(noise_guard_fraction=0.1),
-    "GRACE guard 0.3": grace(noise_guard_fraction=0.3),
-    "GRACE guard 0.5": grace(noise_guard_fraction=0.5),
-    "GRACE loss rank": grace(importance_weight=0.0),
-    "GRACE FL": grace(selector="facility_location"),
-    "GRACE FL lambda 0": grace(selector="facility_location", diversity_weight=0.0),
-    "GRACE FL lambda 0.1": grace(selector="facility_location", diversity_weight=0.1),
-    "GRACE MP div 4": grace(diversity_weight=4.0),
-    "GRACE MP gamma 5": grace(gamma=5.0),
-    "GRACE k 30": grace(k=30),
-    "GRACE full rescoring": grace(rescore_fraction=1.0),
-    # Source-balanced budgets (the held-out set is balanced; training data is 60/25/15), with
-    # the random baseline that gets the same balance, to separate balance from selection.
-    "GRACE strata equal": grace(stratum_budgets=EQUAL_SHARES),
-    "random per round strata equal": Variant("random strata", {"stratum_budgets": EQUAL_SHARES}),
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--round-steps", type=int, default=50)
+    parser.add_argument("--tokens-per-step", type=int, default=None)
+    parser.add_argument(
+        "--documents", type=int, default=20_000, help="training documents (60/25/15 split)"
+    )
+    parser.add_argument(
+        "--document-mean-loss",
+        action="store_true",
+        help="average per-document mean losses (the study's first protocol)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -167,13 +133,23 @@ def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None
     from grace_workers.tiny_gpt import TinyGPTConfig
 
     torch.set_num_threads(args.threads)
-    recipe = TextRecipe()
+    bible, fortunes = args.documents * 25 // 100, args.documents * 15 // 100
+    recipe = TextRecipe(
+        train_counts={
+            "wordnet": args.documents - bible - fortunes,
+            "bible": bible,
+            "fortunes": fortunes,
+        }
+    )
     data = prepare_text_data(args.work_dir / "data", recipe)
     model_config = TinyGPTConfig(
         vocab_size=data.train.vocab_size, block_size=recipe.max_tokens, n_layer=2, n_embd=128
     )
     base = TrainSchedule(
-        total_steps=args.steps, warmup_steps=args.warmup_steps, round_steps=args.round_steps
+        total_steps=args.steps,
+        warmup_steps=args.warmup_steps,
+        round_steps=args.round_steps,
+        token_mean_loss=not args.document_mean_loss,
     )
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -186,6 +162,8 @@ def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None
                     warmup_steps=base.warmup_steps,
                     round_steps=base.round_steps,
                     use_weights=variant.use_weights,
+                    tokens_per_step=args.tokens_per_step,
+                    token_mean_loss=not args.document_mean_loss,
                 )
                 provider = RecordingProvider(
                     make_provider(name, variant, data, budget, seed, initial)
@@ -201,35 +179,6 @@ def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None
                     result.wall_seconds - warm.seconds,
                 )
                 write_rows(args, rows, time.perf_counter() - started)
-
-
-def make_provider(
-    name: str, variant: Variant, data: Any, budget: float, seed: int, initial: Any
-) -> Any:
-    from benchmarks.lm_grace_inprocess import InProcessGrace, StratifiedRandomPerRound
-    from grace_selection.core.config import SelectionConfig
-    from grace_workers.providers import RandomPerRoundProvider, RandomStaticProvider
-
-    n = len(data.train)
-    size = max(1, round(budget * n))
-    if variant.kind == BASELINE:
-        return RandomPerRoundProvider(n, size, seed)
-    if variant.kind == "random static":
-        return RandomStaticProvider(n, size, seed)
-    config = SelectionConfig(budget_fraction=budget, **dict(variant.config))
-    if variant.kind == "random strata":
-        return StratifiedRandomPerRound(n, size, seed, data.train_strata, config.stratum_budgets)
-    provider = InProcessGrace(
-        name,
-        data.train,
-        data.train_strata,
-        config,
-        seed=seed,
-        initial=initial,
-        report_losses=variant.report_losses,
-        invert_importance=variant.invert_importance,
-    )
-    return provider
 
 
 def summarize(

@@ -41,6 +41,36 @@ def beats_on_every_seed(
     )
 
 
+STATIC = ("random static", "top-loss static", "facility location static", "message passing static")
+FULL_RESCORING = "GRACE full re-scoring"
+
+
+def goal_table(rows: list[dict[str, Any]]) -> str:
+    """The issue's goal, row by row: does a GRACE partial row beat random-per-round and every
+    static method on overall and on worst-source perplexity on every seed, and what does it
+    cost next to full re-scoring (extra scoring passes per N, as a share)?"""
+    head = "| budget | method | beats random per round | beats every static | cost vs full |"
+    lines = [head, "|---|---|---|---|---|"]
+    groups = summarize(rows)
+    for budget, method in groups:
+        if not method.startswith("GRACE rho"):
+            continue
+        cells = []
+        for others in (["random per round"], list(STATIC)):
+            verdicts = [
+                beats_on_every_seed(rows, method, others, budget, metric)
+                for metric in ("perplexity", "worst_source_perplexity")
+            ]
+            cells.append(
+                f"overall {'yes' if verdicts[0] else 'no'}, worst {'yes' if verdicts[1] else 'no'}"
+            )
+        full = groups.get((budget, FULL_RESCORING))
+        passes = statistics.mean(groups[(budget, method)]["passes"])
+        cost = "" if not full else f"{passes / statistics.mean(full['passes']):.0%}"
+        lines.append(f"| {budget:.0%} | {method} | {cells[0]} | {cells[1]} | {cost} |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     groups = summarize(rows)
     sources = sorted({s for r in rows for s in r["perplexity_by_source"]})
@@ -79,6 +109,37 @@ def plot_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:
     plt.close(fig)
 
 
+def merge_results(sources: list[Path], target: Path) -> None:
+    """One results file from several (a table split over processes by seed or budget).
+
+    Settings must agree except for which seeds and budgets each part ran; curves are kept from
+    the part that ran the lowest seed, as a single run keeps its first seed's.
+    """
+    parts = [json.loads(path.read_text()) for path in sources]
+    ignored = {"seeds", "budgets", "seconds"}
+    reference = {k: v for k, v in parts[0]["settings"].items() if k not in ignored}
+    for path, part in zip(sources, parts, strict=True):
+        settings = {k: v for k, v in part["settings"].items() if k not in ignored}
+        if settings != reference:
+            raise ValueError(f"{path}: settings {settings} differ from {reference}")
+    rows = [row for part in parts for row in part["rows"]]
+    seeds = sorted({row["seed"] for row in rows})
+    budgets = sorted({row["budget"] for row in rows})
+    curves: dict[str, Any] = {}
+    for part in sorted(parts, key=lambda p: min((r["seed"] for r in p["rows"]), default=0)):
+        for name, points in part["curves"].items():
+            curves.setdefault(name, points)
+    settings = {
+        **reference,
+        "seeds": ",".join(map(str, seeds)),
+        "budgets": ",".join(map(str, budgets)),
+        "seconds": sum(part["settings"]["seconds"] for part in parts),
+    }
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "rows": rows, "curves": curves}, indent=1))
+    tmp.replace(target)
+
+
 def write_outputs(json_path: Path, md_path: Path, command: str) -> None:
     payload = json.loads(json_path.read_text())
     rows = payload["rows"]
@@ -93,6 +154,10 @@ def write_outputs(json_path: Path, md_path: Path, command: str) -> None:
         "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
         "",
         markdown_table(rows),
+        "",
+        "The goal, checked on every seed (a row wins only if it is lower on each seed):",
+        "",
+        goal_table(rows),
         "",
         f"![held-out perplexity curves]({plot_path.name})",
         "",

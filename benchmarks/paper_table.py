@@ -43,6 +43,7 @@ BASELINES: tuple[str, ...] = (
     "facility location static",
     "message passing static",
     "InfoBatch-style",
+    "random per round by length",
 )
 
 
@@ -58,6 +59,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default="all", help="comma-separated row names, or all")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for training; on a shared 2-core machine 1 is ~10x faster than 2",
+    )
+    parser.add_argument(
+        "--batch-by",
+        choices=("tokens", "documents"),
+        default="tokens",
+        help="tokens: each step holds the predicted tokens of 32 mean-length documents, equal "
+        "for every method; documents: 32 documents a step, whatever their length",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=("token-mean", "document-mean"),
+        default="token-mean",
+        help="average the loss over the batch's tokens (the usual causal-LM loss) or over its "
+        "documents",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="use this running Ray cluster (e.g. one `ray start --head` shared by several "
+        "table processes) instead of starting a local one",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only merge these JSON files (runs split over processes) into --json and report",
+    )
+    parser.add_argument(
         "--documents", type=int, default=20_000, help="training documents (60/25/15 split)"
     )
     return parser.parse_args(argv)
@@ -67,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.merge is not None:
+        from benchmarks.paper_report import merge_results, write_outputs
+
+        merge_results(args.merge, args.json)
+        write_outputs(args.json, args.markdown or args.json.with_suffix(".md"), _command(argv))
+        return 0
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -74,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.paper_report import write_outputs
     from grace_selection.local_service import start_local_service
-    from grace_workers.coreset_training import TrainSchedule, warm_up
+    from grace_workers.coreset_training import TrainSchedule, tokens_per_step_for, warm_up
     from grace_workers.text_experiment import TextRecipe, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
 
@@ -93,14 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     model_config = TinyGPTConfig(
         vocab_size=data.train.vocab_size, block_size=recipe.max_tokens, n_layer=2, n_embd=128
     )
+    tokens = tokens_per_step_for(data.train.lengths, 32, recipe.max_tokens)
     schedule = TrainSchedule(
-        total_steps=args.steps, warmup_steps=args.steps // 4, round_steps=args.round_steps
+        total_steps=args.steps,
+        warmup_steps=args.steps // 4,
+        round_steps=args.round_steps,
+        tokens_per_step=tokens if args.batch_by == "tokens" else None,
+        token_mean_loss=args.loss == "token-mean",
     )
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[int, float]]] = {}
-    service = start_local_service(args.work_dir / f"service-{int(time.time())}")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    service = start_local_service(args.work_dir / f"service-{os.getpid()}-{int(time.time())}")
+    if args.ray_address is not None:
+        ray.init(address=args.ray_address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter()
     try:
         for seed in seeds:
@@ -138,6 +186,7 @@ def _methods(
     from grace_selection.core.config import SelectionConfig
     from grace_workers.providers import (
         FullDataProvider,
+        LengthWeightedRandomPerRound,
         RandomPerRoundProvider,
         RandomStaticProvider,
     )
@@ -178,6 +227,10 @@ def _methods(
             ),
         ),
         ("InfoBatch-style", lambda: InfoBatchStyle(n, size, seed)),
+        (
+            "random per round by length",
+            lambda: LengthWeightedRandomPerRound(data.train.lengths, size, seed),
+        ),
     ]
     for name, rho, rule in GRACE_VARIANTS:
         makers.append((name, _grace_maker(args, data, budget, seed, url, name, rho, rule, dim)))
@@ -288,6 +341,9 @@ def _save(
             "warmup_steps": schedule.warmup_steps,
             "round_steps": schedule.round_steps,
             "batch_size": schedule.batch_size,
+            "tokens_per_step": schedule.tokens_per_step,
+            "token_mean_loss": schedule.token_mean_loss,
+            "documents": args.documents,
             "seconds": seconds,
         },
         "rows": rows,
