@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ray_address is not None:
         ray.init(address=args.ray_address, log_to_driver=False)
     else:
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False
+        )
     started = time.perf_counter()
     try:
         for seed in seeds:

@@ -235,7 +235,9 @@ def measure_throughput(
     from grace_workers.worker import WorkerSettings
 
     results: dict[str, Any] = {}
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False)
+    ray.init(
+        address="local", num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False
+    )
     try:
         with redis_and_service(workdir) as url, CoresetClient(url) as client:
             for workers in (1, 2):

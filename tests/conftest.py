@@ -113,10 +113,15 @@ def redis_url(redis_server: str) -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    """One local Ray for the whole session (ray.init costs 5-15 s here)."""
+    """One local Ray for the whole session (ray.init costs 5-15 s here).
+
+    address="local": a fresh cluster of our own, even when someone's `ray start` runs on this
+    machine (a plain ray.init() would attach to that one and refuse num_cpus).
+    """
     import ray
 
     ray.init(
+        address="local",
         num_cpus=2,
         num_gpus=0,
         include_dashboard=False,

@@ -4,7 +4,8 @@ It builds a small corpus of real English (Debian's WordNet, KJV and fortune text
 selection service (embedded store, or Redis when GRACE_STORE / REDIS_URL names one), a local
 Ray cluster with scoring actors, and trains a small GPT twice from the same warm start: once on
 GRACE coresets served by the service, once on a random subset re-drawn each round, with equal
-steps. It stops everything it started and leaves a table, a JSON file and a plot in --results.
+steps and, by default, equal tokens a step (`--batch-by tokens`). It stops everything it
+started and leaves a table, a JSON file and a plot in --results.
 """
 
 from __future__ import annotations
@@ -150,7 +151,10 @@ def _run(args: argparse.Namespace) -> int:
         log.info("dashboard: %s/dashboard  (API docs: %s/docs)", service.url, service.url)
         own_ray = not ray.is_initialized()
         if own_ray:  # a caller (a test, a notebook) may already have a cluster: use it
+            # "local": our own cluster even when a `ray start` one runs on this machine,
+            # which a plain ray.init() would attach to (and reject num_cpus for).
             ray.init(
+                address="local",
                 num_cpus=max(2, args.workers),
                 num_gpus=0,
                 include_dashboard=False,
