@@ -160,6 +160,7 @@ class InProcessGrace:
         centre_embeddings: bool = False,
         importance_per_document: bool = False,
         demote_previous: bool = False,
+        fixed_embeddings: F32 | None = None,
     ) -> None:
         n = len(dataset)
         self.name, self.dataset, self.config = name, dataset, config
@@ -171,6 +172,9 @@ class InProcessGrace:
         self.centre_embeddings = centre_embeddings
         self.importance_per_document = importance_per_document
         self.demote_previous = demote_previous
+        # (N, dim) unit rows from a fixed encoder: they replace the model's pooled states, so
+        # the graph is built once and never drifts.
+        self.fixed_embeddings = fixed_embeddings
         self.previous_coreset: I64 = np.zeros(0, dtype=np.int64)
         # Predicted tokens per document (datasets are cut to the model's context when built):
         # what a per-token mean is multiplied by to give the document's summed gradient norm.
@@ -204,7 +208,7 @@ class InProcessGrace:
         graph_started = time.perf_counter()
         update = self.keeper.update(
             scored.ids,
-            self._centred(scored.embeddings),
+            self._centred(self.embeddings[scored.ids]),
             self._seq,
             self.config.k,
             self.config.drift_threshold,
@@ -277,6 +281,8 @@ class InProcessGrace:
     def _apply(self, scored: ScoredSamples, round_: int) -> None:
         """Record fresh scores as the service's JobArrays.apply does (the last write wins)."""
         ids = scored.ids
+        if self.fixed_embeddings is not None:
+            scored = ScoredSamples(ids, scored.loss, scored.importance, self.fixed_embeddings[ids])
         self.loss[ids] = scored.loss
         value = scored.importance
         if self.importance_per_document:
