@@ -19,8 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_proto.frames import MEDIA_TYPE, encode_frame
+from grace_selection.local_redis import start_local_redis
+from grace_selection.local_service import free_loopback_port
 
 FRAME = {"content-type": MEDIA_TYPE}
 
@@ -45,36 +45,7 @@ def log(message: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def start_redis_server(workdir: Path) -> Iterator[str]:
-    """A redis-server of our own on a free port, stopped by pid."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    args += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return free_loopback_port()
 
 
 @contextmanager
@@ -252,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"hnswlib": raw}
     with (
         tempfile.TemporaryDirectory(prefix="grace-bench-") as tmp,
-        start_redis_server(Path(tmp)) as redis_url,
+        start_local_redis(Path(tmp), append_only=True) as redis_url,
         start_grace_service(redis_url, Path(tmp) / "data") as (url, pid),
         httpx.Client(base_url=url, timeout=600) as client,
     ):
