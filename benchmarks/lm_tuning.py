@@ -129,18 +129,11 @@ def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None
 
     from benchmarks.lm_grace_inprocess import RecordingProvider, load_shared_start
     from grace_workers.coreset_training import TrainSchedule, run_training
-    from grace_workers.text_experiment import TextRecipe, prepare_text_data
+    from grace_workers.text_experiment import TextRecipe, mixture_counts, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
 
     torch.set_num_threads(args.threads)
-    bible, fortunes = args.documents * 25 // 100, args.documents * 15 // 100
-    recipe = TextRecipe(
-        train_counts={
-            "wordnet": args.documents - bible - fortunes,
-            "bible": bible,
-            "fortunes": fortunes,
-        }
-    )
+    recipe = TextRecipe(train_counts=mixture_counts(args.documents))
     data = prepare_text_data(args.work_dir / "data", recipe)
     model_config = TinyGPTConfig(
         vocab_size=data.train.vocab_size, block_size=recipe.max_tokens, n_layer=2, n_embd=128

@@ -115,20 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.paper_report import write_outputs
     from grace_selection.local_service import start_local_service
     from grace_workers.coreset_training import TrainSchedule, tokens_per_step_for, warm_up
-    from grace_workers.text_experiment import TextRecipe, prepare_text_data
+    from grace_workers.text_experiment import TextRecipe, mixture_counts, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
 
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
     wanted = None if args.methods == "all" else set(args.methods.split(","))
-    bible, fortunes = args.documents * 25 // 100, args.documents * 15 // 100
-    recipe = TextRecipe(
-        train_counts={
-            "wordnet": args.documents - bible - fortunes,
-            "bible": bible,
-            "fortunes": fortunes,
-        }
-    )
+    recipe = TextRecipe(train_counts=mixture_counts(args.documents))
     data = prepare_text_data(args.work_dir / "data", recipe)
     model_config = TinyGPTConfig(
         vocab_size=data.train.vocab_size, block_size=recipe.max_tokens, n_layer=2, n_embd=128

@@ -221,11 +221,11 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 def _source_counts(documents: int) -> dict[str, int]:
     """60% WordNet, 25% KJV, 15% fortunes: imbalanced on purpose (see debian_corpus)."""
+    from grace_workers.text_experiment import mixture_counts
+
     if documents < 20:
         raise SystemExit(f"grace demo: --documents must be >= 20, got {documents}")
-    bible = documents * 25 // 100
-    fortunes = documents * 15 // 100
-    return {"wordnet": documents - bible - fortunes, "bible": bible, "fortunes": fortunes}
+    return mixture_counts(documents)
 
 
 def _describe(args: argparse.Namespace, n: int, budget: int) -> dict[str, Any]:

@@ -22,6 +22,13 @@ from grace_workers.debian_corpus import SOURCES, build_corpus
 _RECIPE_FILE = "recipe.json"
 
 
+def mixture_counts(documents: int) -> dict[str, int]:
+    """Training documents per source: 60% WordNet, 25% KJV, 15% fortunes, imbalanced on
+    purpose (see debian_corpus)."""
+    bible, fortunes = documents * 25 // 100, documents * 15 // 100
+    return {"wordnet": documents - bible - fortunes, "bible": bible, "fortunes": fortunes}
+
+
 @dataclass(frozen=True, slots=True)
 class TextRecipe:
     """How many documents of each source to train on and to hold out, and the tokenizer."""
