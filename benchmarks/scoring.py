@@ -25,8 +25,6 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -159,9 +157,9 @@ def measure_exact(model: TinyGPT, batches: list[Batch], rows: int) -> dict[str, 
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    from grace_selection.local_service import free_loopback_port
+
+    return free_loopback_port()
 
 
 def wait_for(check: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
@@ -191,22 +189,11 @@ def running(args: list[str], log_path: Path, env: dict[str, str] | None = None) 
 @contextmanager
 def redis_and_service(workdir: Path) -> Iterator[str]:
     import httpx
-    import redis
 
-    redis_port, port = free_port(), free_port()
-    redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
-    redis_args = [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1"]
-    redis_args += ["--dir", str(workdir), "--save", "", "--appendonly", "no"]
-    with running(redis_args, workdir / "redis.log"):
-        store = f"redis://127.0.0.1:{redis_port}/0"
+    from grace_selection.local_redis import start_local_redis
 
-        def redis_up() -> bool:
-            try:
-                return bool(redis.Redis.from_url(store).ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(redis_up, "redis-server")
+    port = free_port()
+    with start_local_redis(workdir) as store:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
         serve = [sys.executable, "-m", "grace_selection.cli", "serve", "--port", str(port)]
         serve += ["--store", store, "--data-dir", str(workdir / "data"), "--index", "brute"]
