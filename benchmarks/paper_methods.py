@@ -8,12 +8,10 @@ Ray workers and client (`grace_workers.grace_provider`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.lm_grace_inprocess import score_samples
+from benchmarks.lm_grace_inprocess import ScoredSamples, score_samples
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.scores import ScoreTable
@@ -26,22 +24,12 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class FullScores:
-    """Every sample scored by one model: what a static method selects from."""
-
-    loss: F32
-    importance: F32
-    embeddings: F32
-
-
 def score_everything(
     model: TinyGPT, dataset: TokenDataset, dim: int, seed: int, batch_size: int = 64
-) -> FullScores:
+) -> ScoredSamples:
     """The workers' scoring math over all N samples, in this process."""
     ids = np.arange(len(dataset), dtype=np.int64)
-    scored = score_samples(model, dataset, ids, dim, seed, batch_size)
-    return FullScores(scored.loss, scored.importance, scored.embeddings)
+    return score_samples(model, dataset, ids, dim, seed, batch_size)
 
 
 class _StaticScored:
@@ -60,7 +48,7 @@ class _StaticScored:
         self._scored = len(self.dataset)
         self.ids, self.weights = self.choose(scores)
 
-    def choose(self, scores: FullScores) -> tuple[I64, F32 | None]:
+    def choose(self, scores: ScoredSamples) -> tuple[I64, F32 | None]:
         raise NotImplementedError
 
     def next_round(self, round_: int, model: TinyGPT, step: int) -> RoundPlan:
@@ -79,7 +67,7 @@ class TopLossStatic(_StaticScored):
 
     name = "top-loss static"
 
-    def choose(self, scores: FullScores) -> tuple[I64, F32 | None]:
+    def choose(self, scores: ScoredSamples) -> tuple[I64, F32 | None]:
         top = np.argsort(-scores.loss, kind="stable")[: self.budget]
         return np.sort(top).astype(np.int64), None
 
@@ -99,7 +87,7 @@ class SelectorStatic(_StaticScored):
         super().__init__(dataset, 0, dim, seed)
         self.name, self.config, self.strata = name, config, strata
 
-    def choose(self, scores: FullScores) -> tuple[I64, F32 | None]:
+    def choose(self, scores: ScoredSamples) -> tuple[I64, F32 | None]:
         index = BruteForceIndex(self.dim)
         index.upsert(np.arange(len(self.dataset), dtype=np.int64), scores.embeddings)
         graph = index.knn_graph(self.config.k)
