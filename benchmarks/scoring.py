@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from grace_selection.local_service import free_loopback_port, stop_child
 from grace_workers.batching import collate, plan_batches
 from grace_workers.dataset import TokenDataset
 from grace_workers.dataset_builder import build_dataset, train_bpe_tokenizer
@@ -157,8 +158,6 @@ def measure_exact(model: TinyGPT, batches: list[Batch], rows: int) -> dict[str, 
 
 
 def free_port() -> int:
-    from grace_selection.local_service import free_loopback_port
-
     return free_loopback_port()
 
 
@@ -178,12 +177,7 @@ def running(args: list[str], log_path: Path, env: dict[str, str] | None = None) 
     try:
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, timeout=20)
 
 
 @contextmanager

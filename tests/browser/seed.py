@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_proto.frames import decode_frame, encode_frame
+from grace_selection.local_service import stop_child
 
 STRATUM_NAMES = {0: "web", 1: "code", 2: "books"}
 
@@ -101,12 +102,7 @@ class ServiceProcess:
 
     def close(self) -> None:
         self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_child(self.proc, timeout=15)
         self.log.close()
 
     def post_frame(self, path: str, meta: dict[str, Any], arrays: dict[str, Any]) -> Any:

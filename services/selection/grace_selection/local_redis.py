@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from grace_selection.local_service import free_loopback_port
+from grace_selection.local_service import free_loopback_port, stop_child
 
 
 class RedisServerError(RuntimeError):
@@ -66,12 +66,7 @@ def start_local_redis(
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc, timeout=10)
 
 
 def _answers_ping(port: int) -> bool:

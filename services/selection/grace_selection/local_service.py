@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 REDIS_DEFAULT_PORTS = frozenset({6379, 6399})
 
@@ -30,6 +31,18 @@ def free_loopback_port() -> int:
             port = int(sock.getsockname()[1])
         if port not in REDIS_DEFAULT_PORTS:
             return port
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    """End a child we started, by its pid: SIGTERM, then SIGKILL if it outlives `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass
@@ -57,12 +70,7 @@ class LocalService:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill_hard()
+        stop_child(self.proc, timeout=20)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
