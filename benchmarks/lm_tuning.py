@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.lm_variants import BASELINE, VARIANTS, Variant, make_provider
+from benchmarks.paper_report import final_metrics
 
 log = logging.getLogger("lm_tuning")
 
@@ -102,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 def check_synthetic(overrides: Mapping[str, Any], args: argparse.Namespace) -> None:
     """Does a config change keep the synthetic benchmark's conclusion (GRACE rho 0.3 beats
     random per round and every static method on every seed)? Its full table, same seeds."""
-    from dataclasses import asdict, replace
-
     from benchmarks import quality_synthetic as qs
     from benchmarks.quality_methods import Schedule
     from benchmarks.synthetic_task import TaskSpec
@@ -142,6 +142,7 @@ def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None
         total_steps=args.steps,
         warmup_steps=args.warmup_steps,
         round_steps=args.round_steps,
+        tokens_per_step=args.tokens_per_step,
         token_mean_loss=not args.document_mean_loss,
     )
     rows: list[dict[str, Any]] = []
@@ -150,14 +151,7 @@ def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None
         warm, initial = load_shared_start(args.work_dir / "cache", data, model_config, base, seed)
         for budget in (float(b) for b in args.budgets.split(",")):
             for name, variant in variants.items():
-                schedule = TrainSchedule(
-                    total_steps=base.total_steps,
-                    warmup_steps=base.warmup_steps,
-                    round_steps=base.round_steps,
-                    use_weights=variant.use_weights,
-                    tokens_per_step=args.tokens_per_step,
-                    token_mean_loss=not args.document_mean_loss,
-                )
+                schedule = replace(base, use_weights=variant.use_weights)
                 provider = RecordingProvider(
                     make_provider(name, variant, data, budget, seed, initial)
                 )
@@ -214,19 +208,10 @@ def summarize(
         )
     return {
         "method": name,
-        "variant": {
-            "kind": variant.kind,
-            "config": dict(variant.config),
-            "use_weights": variant.use_weights,
-            "invert_importance": variant.invert_importance,
-            "report_losses": variant.report_losses,
-        },
+        "variant": {**asdict(variant), "config": dict(variant.config)},
         "seed": seed,
         "budget": budget,
-        "perplexity": result.final.overall,
-        "worst_source_perplexity": result.final.worst,
-        "perplexity_by_source": result.final.by_stratum,
-        "scoring_passes_per_n": result.scoring_passes_per_n,
+        **final_metrics(result),
         "unique_share": float(seen.mean()),
         "seconds": result.wall_seconds,
         "rounds": rounds,

@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Any
 
 
+def final_metrics(result: Any) -> dict[str, Any]:
+    """The fields of a row that this report reads, from a `coreset_training.RunResult`."""
+    return {
+        "perplexity": result.final.overall,
+        "worst_source_perplexity": result.final.worst,
+        "perplexity_by_source": result.final.by_stratum,
+        "scoring_passes_per_n": result.scoring_passes_per_n,
+    }
+
+
 def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"

@@ -306,14 +306,13 @@ def _run_one(
 
 
 def _row(name: str, seed: int, budget: float, result: Any) -> dict[str, Any]:
+    from benchmarks.paper_report import final_metrics
+
     return {
         "method": name,
         "seed": seed,
         "budget": budget,
-        "perplexity": result.final.overall,
-        "worst_source_perplexity": result.final.worst,
-        "perplexity_by_source": result.final.by_stratum,
-        "scoring_passes_per_n": result.scoring_passes_per_n,
+        **final_metrics(result),
         "wall_seconds": result.wall_seconds,
         "curve": [(r.step, r.perplexity.overall) for r in result.records],
     }
