@@ -217,11 +217,16 @@ def run_training(
     return RunResult(provider.name, seed, records, scored / n, time.perf_counter() - started)
 
 
+def predicted_tokens(lengths: npt.NDArray[np.int64], block: int) -> npt.NDArray[np.int64]:
+    """Tokens each document has a prediction for, once cut to the context `block` (>= 1)."""
+    predicted: npt.NDArray[np.int64] = np.maximum(np.minimum(np.asarray(lengths), block) - 1, 1)
+    return predicted
+
+
 def tokens_per_step_for(lengths: npt.NDArray[np.int64], batch_size: int, block: int) -> int:
     """The predicted tokens of `batch_size` documents of mean length: a token budget a step
     equal on average to what document batches give."""
-    predicted = np.maximum(np.minimum(np.asarray(lengths), block) - 1, 1)
-    return max(1, round(batch_size * float(predicted.mean())))
+    return max(1, round(batch_size * float(predicted_tokens(lengths, block).mean())))
 
 
 def _round_batches(
@@ -238,7 +243,7 @@ def _round_batches(
     if schedule.tokens_per_step is None:
         positions = np.arange(steps * schedule.batch_size) % ids.size
         return list(ids[positions].reshape(steps, schedule.batch_size))
-    tokens = np.maximum(np.minimum(np.asarray(lengths)[ids], schedule.block) - 1, 1)
+    tokens = predicted_tokens(np.asarray(lengths)[ids], schedule.block)
     batches: list[npt.NDArray[np.int64]] = []
     cursor = 0
     for _ in range(steps):
