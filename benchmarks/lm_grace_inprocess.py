@@ -25,7 +25,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,7 @@ import torch
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.core.budget import split_budget
 from grace_selection.core.config import SelectionConfig
-from grace_selection.core.estimation import estimate_stale_scores
 from grace_selection.core.graph import KnnGraph
-from grace_selection.core.rescore import plan_rescore
 from grace_selection.core.rounds import RoundResult, compute_round
 from grace_selection.core.scores import NEVER_SCORED, ScoreTable
 from grace_selection.core.selectors import select_coreset
@@ -256,20 +254,16 @@ class InProcessGrace:
     ) -> RoundResult:
         """`compute_round`, except that the selection ranks last round's coreset below every
         other sample: a sub-epoch run then keeps meeting new documents (the study's novelty
-        experiment). The rescore plan and the returned importance are not demoted."""
-        importance = estimate_stale_scores(
-            graph, previous, table.importance, fresh, config.estimation_rule, config.smooth_strength
-        )
-        demoted = importance.copy()
-        if self.previous_coreset.size and np.isfinite(importance).any():
-            floor = float(np.nanmin(importance))
+        experiment). The estimates, the rescore plan and the returned importance are
+        compute_round's own; only the coreset is chosen again from the demoted importance."""
+        result = compute_round(graph, table, previous, fresh, config, round_=round_, seed=seed)
+        demoted = result.importance.copy()
+        if self.previous_coreset.size and np.isfinite(demoted).any():
+            floor = float(np.nanmin(demoted))
             demoted[self.previous_coreset] = floor - abs(floor) - 1.0
         chosen = ScoreTable(table.loss, demoted, table.scored_round, table.stratum)
         coreset = select_coreset(graph, chosen, config, round_=round_, seed=seed)
-        plan_rng = np.random.default_rng([seed, round_, 0x7E5C])
-        plan = plan_rescore(graph, importance, table.scored_round, round_, config, plan_rng)
-        measured = np.asarray(fresh, dtype=np.bool_) & np.isfinite(table.importance)
-        return RoundResult(coreset, plan, importance, ~measured)
+        return replace(result, coreset=coreset)
 
     def observe(self, round_: int, step: int, ids: I64, losses: F32) -> None:
         if self.report_losses:
