@@ -68,7 +68,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	mkdir -p docs/results
 	$(PY) benchmarks/selection.py --sizes 100000,1000000 --json docs/results/selection.json
-	$(PY) benchmarks/quality_synthetic.py --seeds 0,1,2 --json docs/results/quality_synthetic.json
+	$(PY) -m grace_lab.quality_synthetic --seeds 0,1,2 --json docs/results/quality_synthetic.json
 	$(PY) benchmarks/service.py --json docs/results/service.json --markdown docs/results/service.md
 	$(PY) benchmarks/scoring.py --json docs/results/scoring.json
 

@@ -39,17 +39,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from grace_lab.debian_corpus import read_fortunes
 from grace_selection.local_service import free_loopback_port, stop_child
 from grace_workers.batching import collate, plan_batches
 from grace_workers.dataset import TokenDataset
 from grace_workers.dataset_builder import build_dataset, train_bpe_tokenizer
-from grace_workers.debian_corpus import read_fortunes
 from grace_workers.projection import make_projection, project_embeddings
 from grace_workers.scoring import exact_grad_norms, mean_token_loss, score_batch
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig, save_tiny_gpt
 
 Batch = tuple[Tensor, Tensor]
-# The demo's model shape (grace_workers.demo): the output layer is about half of its FLOPs,
+# The demo's model shape (grace_lab.demo): the output layer is about half of its FLOPs,
 # the hardest case for the closed form's overhead. The wider one is for contrast.
 MODELS = {
     "demo": TinyGPTConfig(vocab_size=4096, block_size=128, n_layer=2, n_head=4, n_embd=128),

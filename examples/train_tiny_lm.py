@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from grace_client import CoresetClient, NotFoundError
 from grace_client.sampler import CoresetSampler
+from grace_lab.debian_corpus import SOURCES, build_corpus
+from grace_lab.lm_training import collate, evaluate_perplexity, make_optimizer, train_step
 from grace_proto.models import CreateJobRequest, JobStatus, SelectionConfigModel
 from grace_workers.dataset import TokenDataset
 from grace_workers.dataset_builder import build_dataset, train_bpe_tokenizer
-from grace_workers.debian_corpus import SOURCES, build_corpus
-from grace_workers.lm_training import collate, evaluate_perplexity, make_optimizer, train_step
 from grace_workers.projection import make_projection, project_embeddings
 from grace_workers.scoring import score_batch
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig

@@ -21,7 +21,8 @@ WORKDIR /src
 RUN /opt/grace/bin/pip install --no-binary hnswlib "hnswlib==0.8.0"
 COPY pyproject.toml README.md ./
 COPY proto/ proto/
-COPY services/ services/
+# The service's package alone: no scoring worker, no lab.
+COPY services/selection/ services/selection/
 COPY clients/ clients/
 RUN /opt/grace/bin/pip install ".[service,dashboard]"
 

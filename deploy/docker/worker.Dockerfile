@@ -18,7 +18,9 @@ RUN python -m venv /opt/grace \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proto/ proto/
-COPY services/ services/
+# The scoring node: its package, and the `grace` command's (services/selection); never the lab.
+COPY services/selection/ services/selection/
+COPY services/workers/ services/workers/
 COPY clients/ clients/
 RUN /opt/grace/bin/pip install ".[worker]"
 

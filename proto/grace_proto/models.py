@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from grace_proto.names import EstimationRule, ScoreSourceName, SelectorName
+
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
@@ -23,7 +25,7 @@ class SelectionConfigModel(_Model):
     """Mirrors grace_selection.core.SelectionConfig; the service validates it there."""
 
     budget_fraction: float = Field(0.1, gt=0, le=1)
-    selector: Literal["graph_message_passing", "facility_location"] = "graph_message_passing"
+    selector: SelectorName = "graph_message_passing"
     k: int = Field(10, ge=1, le=256)
     gamma: float = Field(1.0, ge=0)
     diversity_weight: float = Field(1.0, ge=0)
@@ -31,7 +33,7 @@ class SelectionConfigModel(_Model):
     stochastic_epsilon: float = Field(0.01, gt=0, le=1)
     rescore_fraction: float = Field(0.3, ge=0, le=1)
     rescore_priority_fraction: float = Field(0.5, ge=0, le=1)
-    estimation_rule: Literal["keep", "delta", "smooth"] = "delta"
+    estimation_rule: EstimationRule = "delta"
     smooth_strength: float = Field(1.0, ge=0)
     drift_threshold: float = Field(0.1, ge=0, le=2)
     importance_weight: float = Field(1.0, ge=0, le=1)
@@ -89,16 +91,11 @@ class JobListResponse(_Model):
     jobs: list[JobResponse]
 
 
-class ScoreSource(StrEnum):
-    WORKER = "worker"
-    TRAINER = "trainer"
-
-
 class ScoreBatchRequest(_Model):
     """The JSON form of a small score batch (the frame form is for bulk)."""
 
     batch_id: str = Field(min_length=1, max_length=128)
-    source: ScoreSource
+    source: ScoreSourceName
     round: int = Field(ge=0)
     step: int = Field(0, ge=0)
     ids: list[int] = Field(min_length=1, max_length=100_000)

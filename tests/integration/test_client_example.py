@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grace_workers.debian_corpus import CorpusSourceMissingError, read_fortunes
+from grace_lab.debian_corpus import CorpusSourceMissingError, read_fortunes
 from tests.integration.service_process import start_service
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_tiny_lm.py"

@@ -40,8 +40,8 @@ def open_service(store: ScoreStore, data_dir: Path) -> SelectionService:
 
 def wait_round(service: SelectionService, job: str, r: int) -> None:
     deadline = time.monotonic() + 60
-    while service.job(job).manifests.get(r) is None:
-        failed = service.job(job).failed
+    while r not in service.job(job).rounds.numbers():
+        failed = service.job(job).rounds.failed
         assert failed is None, failed
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -109,7 +109,7 @@ def test_compaction_and_replay_restore_the_same_state(
         assert restarted.ingest("job", "strata", strata).duplicate
         restarted.trigger_round("job", None)
         wait_round(restarted, "job", 1)
-        assert again.manifests[1].status == RoundStatus.PUBLISHED
+        assert again.rounds.manifest(1).status == RoundStatus.PUBLISHED
     finally:
         restarted.close()
 

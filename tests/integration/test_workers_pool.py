@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from grace_client import CoresetClient
+from grace_lab.debian_corpus import read_fortunes
+from grace_lab.lm_training import collate, make_optimizer, train_step
 from grace_proto.models import CreateJobRequest, SelectionConfigModel
 from grace_workers.dataset import TokenDataset, write_dataset
 from grace_workers.dataset_builder import build_dataset, train_bpe_tokenizer
-from grace_workers.debian_corpus import read_fortunes
-from grace_workers.lm_training import collate, make_optimizer, train_step
 from grace_workers.pool import PoolSettings, ScoringError, ScoringPool
 from grace_workers.scoring import score_batch
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig, save_tiny_gpt

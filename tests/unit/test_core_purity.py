@@ -8,18 +8,31 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[2] / "services/selection/grace_selection/core"
+ROOT = Path(__file__).resolve().parents[2]
+CORE = ROOT / "services/selection/grace_selection/core"
+NAMES = ROOT / "proto/grace_proto/names.py"
 ALLOWED_THIRD_PARTY = {"numpy"}
+# The one module outside the core it may import: the names of selectors, rules and sources,
+# which the wire models share. It is itself standard library only (tested below).
+ALLOWED_PROJECT_MODULES = {"grace_proto.names"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+    return modules
 
 
 def _imported_roots(path: Path) -> set[str]:
-    roots: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
-    return roots
+    return {
+        module.split(".")[0]
+        for module in _imported_modules(path)
+        if module not in ALLOWED_PROJECT_MODULES
+    }
 
 
 @pytest.mark.parametrize("path", sorted(CORE.rglob("*.py")), ids=lambda p: p.name)
@@ -47,3 +60,9 @@ def test_core_modules_import_only_core_of_the_project() -> None:
                 assert (node.module or "").startswith("grace_selection.core"), (
                     f"{path.name} imports {node.module}"
                 )
+
+
+def test_the_names_module_the_core_shares_imports_only_the_standard_library() -> None:
+    roots = _imported_roots(NAMES)
+    foreign = {root for root in roots if root not in sys.stdlib_module_names} - {"__future__"}
+    assert not foreign, f"grace_proto.names imports {sorted(foreign)}; it must stay dependency-free"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.paper_report import goal_table, merge_results
+from grace_lab.paper_report import goal_table, merge_results
 
 
 def _part(path: Path, seeds: str, rows: list[dict[str, object]], steps: int = 400) -> Path:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from grace_selection.core import SELECTORS, KnnGraph, ScoreTable, SelectionConfig, select_coreset
 from grace_selection.core.budget import budget_size, split_budget
-from grace_selection.core.config import SELECTOR_NAMES
+from grace_selection.core.config import SELECTOR_NAMES, SelectorName
 from grace_selection.core.facility_location import (
     facility_location_objective,
     select_facility_location,
@@ -234,7 +234,7 @@ def test_facility_location_is_exact_greedy_when_the_sample_is_the_pool(seed: int
 @settings(max_examples=60, deadline=None)
 @given(graphs, st.integers(0, 2**16), st.floats(0.01, 1.0), st.sampled_from(SELECTOR_NAMES))
 def test_selectors_return_exactly_budget_distinct_eligible_ids(
-    graph: KnnGraph, seed: int, fraction: float, name: str
+    graph: KnnGraph, seed: int, fraction: float, name: SelectorName
 ) -> None:
     rng = np.random.default_rng(seed)
     eligible = rng.random(graph.n) < 0.7
@@ -267,7 +267,7 @@ def test_selector_registry_covers_every_configurable_name() -> None:
 
 
 @pytest.mark.parametrize("name", SELECTOR_NAMES)
-def test_selectors_reject_bad_arguments_by_name(name: str) -> None:
+def test_selectors_reject_bad_arguments_by_name(name: SelectorName) -> None:
     graph = make_graph(10, 3, 0)
     ok_utility = np.full(10, 0.5, dtype=np.float32)
     ok_eligible = np.ones(10, dtype=bool)

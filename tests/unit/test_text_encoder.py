@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grace_workers.text_encoder import MINILM_DIM, MiniLMEncoder, jsonl_texts, project_fixed
+from grace_lab.text_encoder import MINILM_DIM, MiniLMEncoder, jsonl_texts, project_fixed
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from grace_workers.coreset_training import TrainSchedule, _round_batches, tokens_per_step_for
-from grace_workers.lm_training import token_losses, train_step
-from grace_workers.providers import LengthWeightedRandomPerRound
+from grace_lab.coreset_training import TrainSchedule, _round_batches, tokens_per_step_for
+from grace_lab.lm_training import token_losses, train_step
+from grace_lab.providers import LengthWeightedRandomPerRound
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
 
 

@@ -46,12 +46,12 @@ from grace_proto.models import (
     SampleResponse,
     TriggerRoundRequest,
 )
+from grace_proto.names import SCORE_SOURCES, ScoreSourceName
 
 if TYPE_CHECKING:
     from grace_client.reporter import ScoreReporter
 
 RoundRef = int | Literal["latest"]
-ScoreSourceName = Literal["worker", "trainer"]
 
 
 class CoresetClient:
@@ -167,8 +167,8 @@ class CoresetClient:
         batch_id: str,
     ) -> IngestResponse:
         """Send per-sample losses and/or importance scores of `ids` as one binary batch."""
-        if source not in ("worker", "trainer"):
-            raise ValueError(f"source: must be 'worker' or 'trainer', got {source!r}")
+        if source not in SCORE_SOURCES:
+            raise ValueError(f"source: must be one of {list(SCORE_SOURCES)}, got {source!r}")
         if loss is None and importance is None:
             raise ValueError("loss, importance: pass at least one of them")
         arrays: dict[str, npt.NDArray[Any]] = {"ids": _vector("ids", ids, np.int64)}

@@ -3,27 +3,25 @@
     grace serve     the selection service (uvicorn), settings from GRACE_* or flags
     grace openapi   print (or write) the OpenAPI document of the v1 API
 
-Other roles add subcommands through a `register(subparsers)` function in a module listed in
-PLUGINS; each is imported only to build the parser and must stay cheap to import (torch, Ray
-and the like load when their command runs).
+Other roles add subcommands through a `register(subparsers)` function that they name in the
+`grace.commands` entry-point group (pyproject.toml): the workers add `score` and `build-dataset`,
+the lab adds `demo`. This module names none of them, and a role that is not installed is left
+out. Each is imported only to build the parser and must stay cheap to import (torch, Ray and
+the like load when their command runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-# Modules with a `register(subparsers)` function: (module, what it adds).
-PLUGINS: tuple[tuple[str, str], ...] = (
-    ("grace_workers.cli", "score, build-dataset"),
-    ("grace_workers.demo", "demo"),
-)
+COMMAND_GROUP = "grace.commands"  # entry points naming a `register(subparsers)` function
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(subparsers)
     _add_openapi(subparsers)
-    for module_name, _ in PLUGINS:
+    for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
         try:
-            module = importlib.import_module(module_name)
+            register = plugin.load()
         except ImportError:
             continue  # that role is not installed here
-        module.register(subparsers)
+        register(subparsers)
     return parser
 
 

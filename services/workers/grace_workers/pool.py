@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from grace_client import CoresetClient
+from grace_proto.models import RoundStatus
 from grace_workers.worker import NoCheckpointError, ScoringWorker, ShardReport, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -210,15 +212,10 @@ class ScoringPool:
         """Score round `round_`'s whole rescore plan; ScoringError if a shard keeps failing."""
         import ray
 
-        from grace_client import CoresetClient
-
         if not self.actors:
             self.start()
         with CoresetClient(self.worker.service_url, token=self.worker.token) as client:
-            plan = client.get_rescore_plan(
-                self.worker.job, round_, 0, 1, wait=self.worker.plan_wait
-            )
-            plan_size = int(plan.ids.size)
+            plan_size = _plan_size(client, self.worker.job, round_, self.worker.plan_wait)
         of = self.settings.shards or default_shards(
             plan_size, self.settings.workers, self.worker.batch_size
         )
@@ -302,6 +299,18 @@ class ScoringPool:
             log.warning("actor %d is gone; continuing with the others", actor)
             return
         idle.append(actor)
+
+
+def _plan_size(client: CoresetClient, job: str, round_: int, wait: float) -> int:
+    """How many ids round `round_`'s rescore plan holds, without downloading it: every sample
+    for round 0; else the count the manifest of round r - 1 (which publishes it) states,
+    waiting up to `wait` seconds while that round computes. A missing round raises at once."""
+    if round_ == 0:
+        return client.get_job(job).n_samples
+    manifest = client.get_round(job, round_ - 1)
+    if manifest.status != RoundStatus.PUBLISHED:
+        manifest = client.wait_for_round(job, round_ - 1, timeout=wait)
+    return manifest.rescore_count
 
 
 def _progress_bar(total: int, desc: str, *, enabled: bool) -> Any:

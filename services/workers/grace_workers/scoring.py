@@ -42,7 +42,7 @@ class CausalLM(Protocol):
     """What scoring needs from a model: the output layer's input, and the output layer.
 
     `output_layer(hidden_states(ids, mask))` must be the model's logits; the loaders in
-    `grace_workers.models` check it once when they load a model.
+    `grace_workers.checkpoints` check it once when they load a model.
     """
 
     @property
@@ -222,7 +222,7 @@ def exact_grad_norms(
     Uses torch.func (vmap of grad over samples), one backward-equivalent per sample: for
     validating the closed-form proxy, or for users who want the exact value of a chosen
     parameter subset (a LoRA adapter, the last block). `model(ids, mask)` must return
-    (hidden, logits) as `TinyGPT` and the loaders in `grace_workers.models` do.
+    (hidden, logits) as `TinyGPT` and the loaders in `grace_workers.checkpoints` do.
     """
     named = dict(model.named_parameters())
     missing = [name for name in param_names if name not in named]

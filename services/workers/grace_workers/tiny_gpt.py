@@ -1,7 +1,7 @@
 """A tiny GPT-style causal language model: small enough to train and score on a CPU.
 
 It is the plain `nn.Module` the workers score when no Hugging Face model is given, and the model
-the demo trains. It follows the scoring contract of `grace_workers.models.CausalLM`:
+the demo trains. It follows the scoring contract of `grace_workers.scoring.CausalLM`:
 `hidden_states` returns the input of the output layer and `output_layer` maps it to logits, so
 the closed-form gradient importance in `grace_workers.scoring` is exact for it.
 

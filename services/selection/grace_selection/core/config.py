@@ -7,13 +7,19 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-SelectorName = Literal["graph_message_passing", "facility_location"]
-EstimationRule = Literal["keep", "delta", "smooth"]
+# Spelled once, in the dependency-free names module that the wire models share.
+from grace_proto.names import ESTIMATION_RULES, SELECTOR_NAMES, EstimationRule, SelectorName
 
-SELECTOR_NAMES: tuple[str, ...] = ("graph_message_passing", "facility_location")
-ESTIMATION_RULES: tuple[str, ...] = ("keep", "delta", "smooth")
+__all__ = [
+    "ESTIMATION_RULES",
+    "SELECTOR_NAMES",
+    "EstimationRule",
+    "SelectionConfig",
+    "SelectionConfigError",
+    "SelectorName",
+]
 
 
 class SelectionConfigError(ValueError):

@@ -41,6 +41,7 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.core.config import ESTIMATION_RULES, EstimationRule
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 FloatArray = npt.NDArray[np.float64]
@@ -63,9 +64,9 @@ def estimate_stale_scores(
         current value is not finite is treated as stale.
     rule: a key of `ESTIMATORS`; strength: lambda of `smooth` (ignored by the other rules).
     """
-    estimator = ESTIMATORS.get(rule)
-    if estimator is None:
+    if rule not in ESTIMATION_RULES:
         raise ValueError(f"rule: unknown estimation rule {rule!r}; use one of {sorted(ESTIMATORS)}")
+    estimator = ESTIMATORS[rule]
     if not np.isfinite(strength) or strength < 0:
         raise ValueError(f"strength: must be a finite number >= 0, got {strength!r}")
     n = graph.n
@@ -137,7 +138,7 @@ def estimate_smooth(
     return np.where(np.isfinite(previous) | ~has_neighbours, out, neighbour_mean)
 
 
-ESTIMATORS: Mapping[str, Estimator] = MappingProxyType(
+ESTIMATORS: Mapping[EstimationRule, Estimator] = MappingProxyType(
     {"keep": estimate_keep, "delta": estimate_delta, "smooth": estimate_smooth}
 )
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_selection.core.budget import budget_size
-from grace_selection.core.config import SelectionConfig
+from grace_selection.core.config import SelectionConfig, SelectorName
 from grace_selection.core.coreset import Coreset, digest_inputs
 from grace_selection.core.facility_location import select_facility_location
 from grace_selection.core.graph import KnnGraph
@@ -38,7 +38,7 @@ Selector: TypeAlias = Callable[
     npt.NDArray[np.int64],
 ]
 
-SELECTORS: Mapping[str, Selector] = MappingProxyType(
+SELECTORS: Mapping[SelectorName, Selector] = MappingProxyType(
     {
         "graph_message_passing": select_graph_message_passing,
         "facility_location": select_facility_location,

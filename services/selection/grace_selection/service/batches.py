@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from grace_proto.frames import Frame, FrameError, decode_frame, encode_frame
 from grace_proto.models import ScoreBatchRequest
+from grace_proto.names import SCORE_SOURCES, ScoreSourceName
 from grace_selection.service.errors import InvalidInputError, MalformedRequestError
 
 BatchKind = Literal["embeddings", "scores", "strata"]
@@ -31,7 +32,6 @@ _ARRAYS: dict[str, frozenset[str]] = {
     "scores": frozenset({"ids", "loss", "importance"}),
     "strata": frozenset({"strata"}),
 }
-SOURCES = ("worker", "trainer")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -47,7 +47,7 @@ class EmbeddingBatch:
 @dataclass(frozen=True, slots=True, eq=False)
 class ScoreBatch:
     batch_id: str
-    source: str
+    source: ScoreSourceName
     round: int
     step: int
     ids: npt.NDArray[np.int64]  # (n,)
@@ -104,13 +104,13 @@ def parse_scores(body: bytes, n: int) -> ScoreBatch:
             "a scores frame needs a `loss` array, an `importance` array, or both", field="arrays"
         )
     source = frame.meta.get("source")
-    if source not in SOURCES:
+    if source not in SCORE_SOURCES:
         raise InvalidInputError(
-            f"must be one of {list(SOURCES)}, got {source!r}", field="meta.source"
+            f"must be one of {list(SCORE_SOURCES)}, got {source!r}", field="meta.source"
         )
     return ScoreBatch(
         batch_id=_batch_id(frame.meta),
-        source=str(source),
+        source=source,
         round=_int_meta(frame.meta, "round", None),
         step=_int_meta(frame.meta, "step", 0),
         ids=ids,
@@ -150,7 +150,7 @@ def parse_score_json(request: ScoreBatchRequest, n: int) -> ScoreBatch:
             arrays[name] = np.asarray(values, dtype=np.float64).astype(np.float32)
     meta = {
         "batch_id": request.batch_id,
-        "source": request.source.value,
+        "source": request.source,
         "round": request.round,
         "step": request.step,
     }

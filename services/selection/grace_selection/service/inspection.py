@@ -22,8 +22,8 @@ from grace_proto.models import (
 )
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.core.importance import combine_scores
+from grace_selection.core.projection import project_for_map
 from grace_selection.core.scores import NEVER_SCORED, ScoreTable
-from grace_selection.dashboard.projection import project_for_map
 from grace_selection.service.errors import InvalidInputError
 from grace_selection.service.jobs import Job
 from grace_selection.service.rounds import RoundData
@@ -39,10 +39,10 @@ def describe_sample(job: Job, store: ScoreStore, sample_id: int) -> SampleRespon
         )
     arrays = job.arrays
     ids = np.array([sample_id], dtype=np.int64)
-    rounds = sorted(job.manifests)[-HISTORY_ROUNDS:]
+    rounds = job.rounds.numbers()[-HISTORY_ROUNDS:]
     history: list[SampleRoundEntry] = []
     for r in rounds:
-        data = job.round_data(r, store)
+        data = job.rounds.data(r, store)
         member = bool(data.in_coreset(ids)[0])
         weight = None
         if member and data.weights is not None:
@@ -78,8 +78,8 @@ def _neighbors(job: Job, store: ScoreStore, sample_id: int) -> list[NeighborEntr
     real = row >= 0
     ids = row[real].astype(np.int64)
     sims = graph.similarities[sample_id][real]
-    latest = job.latest
-    data = job.round_data(latest, store) if latest is not None else None
+    latest = job.rounds.latest
+    data = job.rounds.data(latest, store) if latest is not None else None
     importance = data.importance if data is not None and data.importance is not None else None
     member = data.in_coreset(ids) if data is not None else np.zeros(ids.shape, dtype=bool)
     source = importance if importance is not None else job.arrays.importance
@@ -94,8 +94,8 @@ def _neighbors(job: Job, store: ScoreStore, sample_id: int) -> list[NeighborEntr
 def describe_round(job: Job, store: ScoreStore, round_: int, bins: int) -> RoundStatsResponse:
     if not 1 <= bins <= 1000:
         raise InvalidInputError(f"must be in 1..1000, got {bins}", field="bins")
-    manifest = job.published(round_)
-    data = job.round_data(round_, store)
+    manifest = job.rounds.published(round_).manifest
+    data = job.rounds.data(round_, store)
     importance = data.importance if data.importance is not None else job.arrays.importance
     loss = data.loss if data.loss is not None else job.arrays.loss
     scores = ScoreTable.from_arrays(loss, importance, job.arrays.scored_round, job.arrays.strata)
@@ -153,8 +153,8 @@ def project(job: Job, store: ScoreStore, round_: int | None, max_points: int) ->
     """
     if not 1 <= max_points <= 200_000:
         raise InvalidInputError(f"must be in 1..200000, got {max_points}", field="max_points")
-    r = job.latest if round_ is None else round_
-    data = job.round_data(r, store) if r is not None else None
+    r = job.rounds.latest if round_ is None else round_
+    data = job.rounds.data(r, store) if r is not None else None
     version = int(job.arrays.embedding_seq.max(initial=0))
     key = (r, max_points, version)
     return job.projections.get_or_compute(key, lambda: _project(job, data, r, max_points))

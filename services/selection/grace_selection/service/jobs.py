@@ -1,41 +1,28 @@
 """One job held in memory: its spec, sample arrays, rounds and graph, and the lock for writes.
 
 The service process is the job's only writer. Writes (ingest, publishing a round) hold `lock`;
-reads of published rounds never take it: they read immutable RoundData objects and dictionary
-entries that are replaced whole.
+reads of published rounds never take it: `rounds` (the round lifecycle) serves immutable values
+and dictionary entries that are replaced whole.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from grace_proto.models import (
-    CheckpointInfo,
-    IngestResponse,
-    JobResponse,
-    JobStatus,
-    RoundManifest,
-    RoundStatus,
-)
+from grace_proto.models import CheckpointInfo, IngestResponse, JobResponse, JobStatus
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import compute_checksum
-from grace_selection.dashboard.projection_cache import ProjectionCache
 from grace_selection.service.batches import Batch, ScoreBatch, find_duplicate
-from grace_selection.service.errors import (
-    ConflictError,
-    InvalidInputError,
-    RoundComputingError,
-    UnknownJobError,
-    UnknownRoundError,
-)
+from grace_selection.service.errors import ConflictError, InvalidInputError, UnknownJobError
 from grace_selection.service.graph_keeper import GraphKeeper
-from grace_selection.service.rounds import Body, RoundCache, RoundData
+from grace_selection.service.lifecycle import RoundLifecycle
+from grace_selection.service.projection_cache import ProjectionCache
+from grace_selection.service.rounds import Body
 from grace_selection.service.specs import JobSpec, read_initial_strata
 from grace_selection.service.state import JobArrays
 
@@ -48,15 +35,10 @@ class Job:
         self.keeper = keeper
         self.arrays = JobArrays(spec.n, spec.dim, read_initial_strata(spec.request))
         self.lock = threading.Lock()
-        self.manifests: dict[int, RoundManifest] = {}  # published rounds
-        self.manifest_bytes: dict[int, bytes] = {}  # exactly as stored and served
-        self.computing: RoundManifest | None = None
-        self.failed: RoundManifest | None = None
+        self.rounds = RoundLifecycle(spec.job_id)
         self.checkpoint: CheckpointInfo | None = None
         self.deleted = False
         self.compaction_queued = False
-        self.cache = RoundCache()
-        self.last_importance: npt.NDArray[np.float32] | None = None
         self._warmup_bodies: dict[tuple[int, int, str], Body] = {}
         self._text_offsets: npt.NDArray[np.int64] | None = None
         self.projections: ProjectionCache[bytes] = ProjectionCache(max_entries=4)
@@ -65,26 +47,17 @@ class Job:
     def job_id(self) -> str:
         return self.spec.job_id
 
-    @property
-    def latest(self) -> int | None:
-        """The newest published round, None before the first."""
-        return max(self.manifests) if self.manifests else None
-
-    @property
-    def next_round(self) -> int:
-        latest = self.latest
-        return 0 if latest is None else latest + 1
-
     # -- writes ----------------------------------------------------------------------------
 
     def ingest(self, batch: Batch, store: ScoreStore) -> IngestResponse:
         """Record the batch durably, then apply it; a repeated batch id changes nothing."""
         with self.lock:
             self.check_alive()
-            if isinstance(batch, ScoreBatch) and batch.round > self.next_round:
+            next_round = self.rounds.next_round
+            if isinstance(batch, ScoreBatch) and batch.round > next_round:
                 raise InvalidInputError(
                     f"round {batch.round} is ahead of the job: the next round is "
-                    f"{self.next_round}; score for round {self.next_round} or earlier",
+                    f"{next_round}; score for round {next_round} or earlier",
                     field="meta.round",
                 )
             ids = getattr(batch, "ids", None)
@@ -118,10 +91,10 @@ class Job:
 
     def response(self) -> JobResponse:
         embedded, scored = self.arrays.counts()
-        latest = self.latest
+        latest = self.rounds.latest
         seconds = None
         if latest is not None:
-            seconds = self.manifests[latest].timings.total_seconds
+            seconds = self.rounds.manifest(latest).timings.total_seconds
         request = self.spec.request
         return JobResponse(
             job_id=self.job_id,
@@ -141,66 +114,11 @@ class Job:
         )
 
     def status(self, scored: int) -> JobStatus:
-        if self.computing is not None:
+        if self.rounds.computing is not None:
             return JobStatus.SELECTING
-        if self.failed is not None:
+        if self.rounds.failed is not None:
             return JobStatus.FAILED
         return JobStatus.READY if scored else JobStatus.WAITING_FOR_DATA
-
-    def resolve_round(self, r: str | int) -> int:
-        """A round number from a path segment: an integer or `latest` (newest published)."""
-        if r == "latest":
-            latest = self.latest
-            if latest is None:
-                if self.computing is not None:
-                    raise RoundComputingError(
-                        f"round {self.computing.round} is being computed",
-                        manifest=self.computing,
-                    )
-                raise UnknownRoundError(
-                    f"job {self.job_id!r} has no published round yet; POST "
-                    f"/v1/jobs/{self.job_id}/rounds to compute one",
-                    field="round",
-                )
-            return latest
-        return int(r)
-
-    def manifest(self, round_: int) -> RoundManifest:
-        """A published, computing or failed round's manifest."""
-        if round_ in self.manifests:
-            return self.manifests[round_]
-        for pending in (self.computing, self.failed):
-            if pending is not None and pending.round == round_:
-                return pending
-        raise UnknownRoundError(
-            f"round {round_} of job {self.job_id!r} does not exist; the newest published "
-            f"round is {self.latest}",
-            field="round",
-        )
-
-    def published(self, round_: int) -> RoundManifest:
-        """The manifest of a published round; 202-style error while it is computing."""
-        manifest = self.manifest(round_)
-        if manifest.status == RoundStatus.COMPUTING:
-            raise RoundComputingError(f"round {round_} is being computed", manifest=manifest)
-        if manifest.status == RoundStatus.FAILED:
-            raise UnknownRoundError(
-                f"round {round_} failed: {manifest.error}; POST .../rounds to try again",
-                field="round",
-            )
-        return manifest
-
-    def round_data(self, round_: int, store: ScoreStore) -> RoundData:
-        """The arrays of a published round, from the cache or the store."""
-        manifest = self.published(round_)
-        data = self.cache.get(round_)
-        if data is None:
-            stored = store.read_round(self.job_id, round_)
-            if stored is None:
-                raise UnknownRoundError(f"round {round_} is missing from the store", field="round")
-            data = RoundData(manifest, dict(stored.arrays))
-            self.cache.put(round_, data)
-        return data
 
     def warmup_body(self, key: tuple[int, int, str], make: Callable[[], Body]) -> Body:
         """Round 0's plan (every sample) encoded once per (shard, of, format)."""
@@ -215,23 +133,13 @@ class Job:
         """The warm-up answers carry the checkpoint: forget them when it changes."""
         self._warmup_bodies = {}
 
-    def previous_importance(self, store: ScoreStore) -> npt.NDArray[np.float32]:
-        """The importance the latest round used (NaN before the first round)."""
-        if self.last_importance is None and self.latest is not None:
-            data = self.round_data(self.latest, store)
-            if data.importance is not None:
-                self.last_importance = data.importance
-        if self.last_importance is None:
-            return np.full(self.spec.n, np.nan, dtype=np.float32)
-        return self.last_importance
-
     def fresh_share_of_plan(self, store: ScoreStore) -> float:
         """Share of the next round's rescore plan already scored for it (the auto policy)."""
-        r = self.next_round
+        r = self.rounds.next_round
         scored_round = self.arrays.scored_round
         if r == 0:
             return float(np.count_nonzero(scored_round >= 0)) / max(self.spec.n, 1)
-        data = self.round_data(r - 1, store)
+        data = self.rounds.data(r - 1, store)
         if data.rescore.size == 0:
             return 1.0
         return float(np.count_nonzero(scored_round[data.rescore] >= r)) / data.rescore.size
@@ -254,11 +162,3 @@ class Job:
 
     def checkpoint_from(self, raw: bytes | None) -> None:
         self.checkpoint = None if raw is None else CheckpointInfo.model_validate_json(raw)
-
-
-def parse_manifest(raw: bytes) -> RoundManifest:
-    return RoundManifest.model_validate_json(raw)
-
-
-def get_utc_now() -> datetime:
-    return datetime.now(UTC)

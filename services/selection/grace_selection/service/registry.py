@@ -23,7 +23,8 @@ from grace_proto.models import (
     JobListResponse,
     JobResponse,
     RoundManifest,
-    RoundStatus,
+    RoundStatsResponse,
+    SampleResponse,
     ScoreBatchRequest,
     TriggerRoundRequest,
 )
@@ -40,7 +41,9 @@ from grace_selection.service.errors import (
 )
 from grace_selection.service.events import NoEvents, ServiceEvents
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
-from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job, get_utc_now, parse_manifest
+from grace_selection.service.inspection import describe_round, describe_sample, project
+from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
+from grace_selection.service.lifecycle import get_utc_now
 from grace_selection.service.round_runner import (
     after_publish,
     compact_if_due,
@@ -121,16 +124,14 @@ class SelectionService:
         for entry in self.store.read_log(spec.job_id, after_seq=job.arrays.applied_seq):
             job.arrays.apply(parse_batch(entry.kind, entry.payload, spec.n, spec.dim), entry.seq)
             replayed += 1
-        for r, raw in self.store.read_manifests(spec.job_id).items():
-            job.manifests[r] = parse_manifest(raw)
-            job.manifest_bytes[r] = raw
+        job.rounds.restore(self.store.read_manifests(spec.job_id))
         job.checkpoint_from(self.store.get_document(spec.job_id, CHECKPOINT_DOCUMENT))
         loaded_index = job.keeper.load()
         log.info(
             "loaded job %s: %d log entries replayed, %d rounds, index %s",
             spec.job_id,
             replayed,
-            len(job.manifests),
+            len(job.rounds),
             "loaded" if loaded_index else "to be built at the next round",
         )
         return job
@@ -200,6 +201,9 @@ class SelectionService:
             )
         return existing.response(), False
 
+    def job_response(self, job_id: str) -> JobResponse:
+        return self.job(job_id).response()
+
     def list_jobs(self) -> JobListResponse:
         if not self._loaded.is_set():
             raise NotReadyError("the service is still loading its state; retry in a moment")
@@ -261,7 +265,7 @@ class SelectionService:
 
     def _maybe_auto_round(self, job: Job) -> None:
         fraction = job.spec.request.auto_round_fraction
-        if fraction is None or job.computing is not None:
+        if fraction is None or job.rounds.computing is not None:
             return
         if job.fresh_share_of_plan(self.store) >= fraction:
             try:
@@ -277,8 +281,8 @@ class SelectionService:
         job = self.job(job_id)
         with job.lock:
             job.check_alive()
-            if job.computing is not None:
-                return job.computing
+            if job.rounds.computing is not None:
+                return job.rounds.computing
             if (
                 not np.isfinite(job.arrays.importance).any()
                 and not np.isfinite(job.arrays.loss).any()
@@ -292,15 +296,7 @@ class SelectionService:
             seed = job.spec.request.seed
             if request is not None and request.seed is not None:
                 seed = request.seed
-            pending = RoundManifest(
-                job_id=job_id,
-                round=job.next_round,
-                status=RoundStatus.COMPUTING,
-                config=job.spec.request.config,
-                seed=seed,
-                created_at=get_utc_now(),
-            )
-            job.computing = pending
+            pending = job.rounds.begin(job.spec.request.config, seed)
         self._rounds.submit(self._run, job, pending)
         return pending
 
@@ -309,12 +305,8 @@ class SelectionService:
             manifest = run_round(job, self.store, pending)
         except Exception as exc:
             log.exception("round %d of job %s failed", pending.round, job.job_id)
-            failed = pending.model_copy(
-                update={"status": RoundStatus.FAILED, "error": f"{type(exc).__name__}: {exc}"}
-            )
             with job.lock:
-                job.failed = failed
-                job.computing = None
+                failed = job.rounds.fail(f"{type(exc).__name__}: {exc}")
             self.events.round_failed(failed)
             return
         if manifest is not None:
@@ -324,34 +316,27 @@ class SelectionService:
 
     def manifest_json(self, job_id: str, r: str) -> bytes:
         """A round's manifest: the stored bytes once published (byte-identical forever)."""
-        job = self.job(job_id)
-        round_ = job.resolve_round(r)
-        raw = job.manifest_bytes.get(round_)
-        return raw if raw is not None else job.manifest(round_).model_dump_json().encode()
+        rounds = self.job(job_id).rounds
+        return rounds.manifest_bytes(rounds.resolve(r))
 
     def list_rounds(self, job_id: str) -> list[RoundManifest]:
-        job = self.job(job_id)
-        manifests = [job.manifests[r] for r in sorted(job.manifests)]
-        manifests += [m for m in (job.failed, job.computing) if m is not None]
-        return manifests
+        return self.job(job_id).rounds.listing()
 
     def cached_indices(self, job_id: str, r: str, rank: int, world: int, fmt: str) -> Body | None:
         """The slice if its round is in memory (no I/O: safe on the event loop), else None."""
-        job = self.job(job_id)
-        round_ = job.resolve_round(r)
-        job.published(round_)
-        data = job.cache.get(round_)
+        rounds = self.job(job_id).rounds
+        data = rounds.cached(rounds.resolve(r))
         return None if data is None else data.indices_body(rank, world, fmt)
 
     def indices(self, job_id: str, r: str, rank: int, world: int, fmt: str) -> Body:
-        job = self.job(job_id)
-        return job.round_data(job.resolve_round(r), self.store).indices_body(rank, world, fmt)
+        rounds = self.job(job_id).rounds
+        return rounds.data(rounds.resolve(r), self.store).indices_body(rank, world, fmt)
 
     def rescore(self, job_id: str, r: str, shard: int, of: int, fmt: str) -> Body:
         """The ids to score *for* round r: round 0 is every sample; round r >= 1 is the plan
         published with round r - 1. `latest` means the next round to be computed."""
         job = self.job(job_id)
-        round_ = job.next_round if r == "latest" else int(r)
+        round_ = job.rounds.next_round if r == "latest" else int(r)
         if round_ == 0:
             key = (shard, of, fmt)
             plan = np.arange(job.spec.n, dtype=np.int64)
@@ -359,16 +344,28 @@ class SelectionService:
                 key, lambda: encode_rescore(job_id, 0, plan, shard, of, fmt, job.checkpoint)
             )
         try:
-            data = job.round_data(round_ - 1, self.store)
+            data = job.rounds.data(round_ - 1, self.store)
         except UnknownRoundError as exc:
             raise UnknownRoundError(
                 f"no rescore plan for round {round_} yet: it is published with round "
-                f"{round_ - 1}, which does not exist (newest round: {job.latest})",
+                f"{round_ - 1}, which does not exist (newest round: {job.rounds.latest})",
                 field="round",
             ) from exc
         except RoundComputingError:
             raise
         return encode_rescore(job_id, round_, data.rescore, shard, of, fmt, job.checkpoint)
+
+    # -- inspection (the dashboard) --------------------------------------------------------
+
+    def round_stats(self, job_id: str, r: str, bins: int) -> RoundStatsResponse:
+        job = self.job(job_id)
+        return describe_round(job, self.store, job.rounds.resolve(r), bins)
+
+    def sample(self, job_id: str, sample_id: int) -> SampleResponse:
+        return describe_sample(self.job(job_id), self.store, sample_id)
+
+    def projection(self, job_id: str, round_: int | None, max_points: int) -> bytes:
+        return project(self.job(job_id), self.store, round_, max_points)
 
     # -- checkpoint ------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """Computing and publishing one round, off the event loop.
 
-1. Under the job lock, copy what the round needs (scores, and embeddings newer than the graph);
-   ingest goes on while the rest runs.
-2. Update the k-NN graph (build-then-swap inside GraphKeeper), run core.compute_round.
-3. Under the job lock, publish manifest and arrays in one store transaction, then swap the
-   round into memory. Readers see the previous round until that swap, never half a round.
+1. `round_step.step_round`: under the job lock, copy what the round needs (scores, and
+   embeddings newer than the graph); ingest goes on while the graph is updated (build-then-swap
+   inside GraphKeeper) and core.compute_round runs.
+2. Under the job lock, publish through the round lifecycle: manifest and arrays in one store
+   transaction, then the swap into memory. Readers see the previous round until that swap.
 4. After publishing (`after_publish`): snapshot the index, and compact the log once it has
    grown large.
 """
@@ -20,11 +20,12 @@ import numpy.typing as npt
 
 from grace_proto.models import RoundManifest, RoundStatus, RoundTimings
 from grace_selection.adapters.ports import ScoreStore
-from grace_selection.adapters.store_records import StateSnapshot, StoredRound
+from grace_selection.adapters.store_records import StateSnapshot
 from grace_selection.core.coreset import sha256_of_indices
-from grace_selection.core.rounds import compute_round
-from grace_selection.service.jobs import Job, get_utc_now
-from grace_selection.service.rounds import RoundData, measure_churn
+from grace_selection.service.jobs import Job
+from grace_selection.service.lifecycle import get_utc_now
+from grace_selection.service.round_step import step_round
+from grace_selection.service.rounds import measure_churn
 
 log = logging.getLogger("grace_selection.rounds")
 COMPACT_MIN_BYTES = 64 * 1024 * 1024
@@ -34,37 +35,19 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
     """Compute and publish the round `pending` announces; None if the job was deleted."""
     start = time.perf_counter()
     r, config = pending.round, job.spec.config
-    with job.lock:
-        inputs = job.arrays.round_inputs(r, job.keeper.seq)
-    previous_importance = job.previous_importance(store)
-
-    graph_start = time.perf_counter()
-    graph = job.keeper.graph
-    if graph is None or inputs.changed_ids.size:
-
-        def fetch_all() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
-            with job.lock:
-                return job.arrays.embedded()
-
-        update = job.keeper.update(
-            inputs.changed_ids,
-            inputs.changed_vectors,
-            inputs.seq,
-            config.k,
-            config.drift_threshold,
-            fetch_all,
-        )
-        graph = update.graph
-    graph_seconds = time.perf_counter() - graph_start
-
-    select_start = time.perf_counter()
-    result = compute_round(
-        graph, inputs.scores, previous_importance, inputs.fresh, config, round_=r, seed=pending.seed
+    previous_importance = job.rounds.latest_importance(store, job.spec.n)
+    outcome = step_round(
+        job.arrays,
+        job.keeper,
+        config,
+        previous_importance,
+        round_=r,
+        seed=pending.seed,
+        lock=job.lock,
     )
-    select_seconds = time.perf_counter() - select_start
-
+    result, inputs = outcome.result, outcome.inputs
     coreset = result.coreset
-    previous = job.round_data(r - 1, store).indices if r > 0 else None
+    previous = job.rounds.data(r - 1, store).indices if r > 0 else None
     manifest = pending.model_copy(
         update={
             "status": RoundStatus.PUBLISHED,
@@ -77,14 +60,13 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
             "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
             "churn": measure_churn(previous, coreset.indices),
             "timings": RoundTimings(
-                graph_seconds=graph_seconds,
+                graph_seconds=outcome.graph_seconds,
                 # compute_round estimates, selects and plans in one call: its time is here.
-                select_seconds=select_seconds,
+                select_seconds=outcome.select_seconds,
                 total_seconds=time.perf_counter() - start,
             ),
         }
     )
-    manifest_bytes = manifest.model_dump_json().encode()
     arrays: dict[str, npt.NDArray[Any]] = {
         "indices": coreset.indices,
         "rescore": result.rescore_plan,
@@ -97,13 +79,7 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
     with job.lock:
         if job.deleted:
             return None
-        store.publish_round(job.job_id, StoredRound(r, manifest_bytes, arrays))
-        job.cache.put(r, RoundData(manifest, arrays))
-        job.manifest_bytes[r] = manifest_bytes
-        job.manifests[r] = manifest
-        job.last_importance = result.importance
-        job.computing = None
-        job.failed = None
+        job.rounds.publish(store, manifest, arrays)
     return manifest
 
 

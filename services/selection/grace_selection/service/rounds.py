@@ -9,14 +9,17 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from grace_proto.frames import encode_frame
-from grace_proto.models import CheckpointInfo, IndicesResponse, RescorePlanResponse, RoundManifest
+from grace_proto.models import CheckpointInfo, IndicesResponse, RescorePlanResponse
 from grace_selection.service.slicing import slice_for_rank, slice_for_shard
+
+if TYPE_CHECKING:
+    from grace_selection.service.lifecycle import PublishedRound
 
 _MAX_CACHED_BODIES = 4096  # per round; (rank, world, format) combinations are few in practice
 
@@ -30,11 +33,12 @@ class Body:
 
 
 class RoundData:
-    """indices (K,) int64 sorted, weights (K,) float32 or None, rescore (m,) int64: the plan
-    to score for the next round, importance (N,) float32: what this round's selection used."""
+    """A published round's arrays: indices (K,) int64 sorted, weights (K,) float32 or None,
+    rescore (m,) int64: the plan to score for the next round, importance (N,) float32: what
+    this round's selection used. `round` is the published round they belong to."""
 
-    def __init__(self, manifest: RoundManifest, arrays: dict[str, npt.NDArray[Any]]) -> None:
-        self.manifest = manifest
+    def __init__(self, round_: PublishedRound, arrays: dict[str, npt.NDArray[Any]]) -> None:
+        self.round = round_
         self.indices: npt.NDArray[np.int64] = np.asarray(arrays["indices"], dtype=np.int64)
         weights = arrays.get("weights")
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
@@ -53,13 +57,6 @@ class RoundData:
             cached = self._remember(key, self._encode_indices(rank, world, fmt))
         return cached
 
-    def rescore_body(
-        self, round_: int, shard: int, of: int, fmt: str, checkpoint: CheckpointInfo | None
-    ) -> Body:
-        return encode_rescore(
-            self.manifest.job_id, round_, self.rescore, shard, of, fmt, checkpoint
-        )
-
     def in_coreset(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         pos = np.searchsorted(self.indices, ids)
         pos = np.minimum(pos, max(self.indices.shape[0] - 1, 0))
@@ -76,7 +73,7 @@ class RoundData:
         return body
 
     def _encode_indices(self, rank: int, world: int, fmt: str) -> Body:
-        m = self.manifest
+        m = self.round.manifest
         positions = slice_for_rank(self.indices.shape[0], m.seed, m.round, rank, world)
         ids = self.indices[positions]
         weights = None if self.weights is None else self.weights[positions]

@@ -11,7 +11,6 @@ from grace_proto.frames import MEDIA_TYPE
 from grace_proto.models import ErrorResponse, SampleResponse
 from grace_selection.api.auth import READ
 from grace_selection.api.deps import JobId, Service, describe_binary_answer, make_json_response
-from grace_selection.service.inspection import describe_sample, project
 
 router = APIRouter(
     tags=["inspection"],
@@ -28,10 +27,7 @@ router = APIRouter(
 async def get_sample(
     job: JobId, sample_id: Annotated[int, Path(ge=0)], service: Service
 ) -> Response:
-    def sample() -> SampleResponse:
-        return describe_sample(service.job(job), service.store, sample_id)
-
-    return make_json_response(await run_in_threadpool(sample))
+    return make_json_response(await run_in_threadpool(service.sample, job, sample_id))
 
 
 @router.get(
@@ -45,7 +41,5 @@ async def get_projection(
     round: Annotated[int | None, Query(ge=0, description="default: the newest round")] = None,
     max_points: Annotated[int, Query(ge=1, le=200_000)] = 20_000,
 ) -> Response:
-    def frame() -> bytes:
-        return project(service.job(job), service.store, round, max_points)
-
-    return Response(await run_in_threadpool(frame), media_type=MEDIA_TYPE)
+    frame = await run_in_threadpool(service.projection, job, round, max_points)
+    return Response(frame, media_type=MEDIA_TYPE)

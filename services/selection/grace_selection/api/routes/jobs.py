@@ -48,7 +48,7 @@ async def list_jobs(service: Service) -> Response:
     responses={404: {"model": ErrorResponse}},
 )
 async def get_job(job: JobId, service: Service) -> Response:
-    return make_json_response(await run_in_threadpool(lambda: service.job(job).response()))
+    return make_json_response(await run_in_threadpool(service.job_response, job))
 
 
 @router.delete(

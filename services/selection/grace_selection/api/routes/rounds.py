@@ -30,7 +30,6 @@ from grace_selection.api.deps import (
     make_json_response,
 )
 from grace_selection.service.errors import InvalidInputError
-from grace_selection.service.inspection import describe_round
 
 router = APIRouter(
     tags=["rounds"],
@@ -136,8 +135,4 @@ async def get_round_stats(
     service: Service,
     bins: Annotated[int, Query(ge=1, le=1000)] = 30,
 ) -> Response:
-    def stats() -> RoundStatsResponse:
-        found = service.job(job)
-        return describe_round(found, service.store, found.resolve_round(r), bins)
-
-    return make_json_response(await run_in_threadpool(stats))
+    return make_json_response(await run_in_threadpool(service.round_stats, job, r, bins))

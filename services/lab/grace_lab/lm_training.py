@@ -1,6 +1,6 @@
 """The training side of the experiments: batches of token ids, a weighted step, held-out perplexity.
 
-Shared by `grace demo` and `benchmarks/paper_table.py` so that every method trains and is
+Shared by `grace demo` and `grace_lab.paper_table` so that every method trains and is
 evaluated by the same code; only where the sample ids come from differs.
 """
 

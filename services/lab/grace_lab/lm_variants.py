@@ -77,13 +77,13 @@ def make_provider(
 ) -> Any:
     import numpy as np
 
-    from benchmarks.lm_grace_inprocess import InProcessGrace, StratifiedRandomPerRound
-    from grace_selection.core.config import SelectionConfig
-    from grace_workers.providers import (
+    from grace_lab.inprocess import InProcessGrace, StratifiedRandomPerRound
+    from grace_lab.providers import (
         LengthWeightedRandomPerRound,
         RandomPerRoundProvider,
         RandomStaticProvider,
     )
+    from grace_selection.core.config import SelectionConfig
 
     n = len(data.train)
     size = max(1, round(budget * n))
@@ -118,7 +118,7 @@ def minilm_embeddings(data: Any, seed: int, dim: int = 64) -> Any:
     cached next to the data (the encoding takes about a minute on 2 cores)."""
     import numpy as np
 
-    from grace_workers.text_encoder import MiniLMEncoder, jsonl_texts, project_fixed
+    from grace_lab.text_encoder import MiniLMEncoder, jsonl_texts, project_fixed
 
     cache = data.train_jsonl.with_name("train.minilm.npy")
     if not cache.exists():

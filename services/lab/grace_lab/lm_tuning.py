@@ -1,14 +1,14 @@
 """Why GRACE loses to random-per-round on real text, and which settings make it win.
 
-    python benchmarks/lm_tuning.py --seeds 0,1,2 --budgets 0.1,0.3 \
+    python -m grace_lab.lm_tuning --seeds 0,1,2 --budgets 0.1,0.3 \
         --variants "random per round,GRACE default,GRACE guard 0.3" --json var/lm_tuning/a.json
-    python benchmarks/lm_tuning.py --report var/lm_tuning/a.json var/lm_tuning/b.json \
+    python -m grace_lab.lm_tuning --report var/lm_tuning/a.json var/lm_tuning/b.json \
         --markdown docs/results/lm_tuning_tables.md
 
 Every variant of a seed starts from the same warm-up model (cached on disk, so that several
 processes can split a study and still compare like with like), trains the same TinyGPT for the
 same steps on the shared loop (`coreset_training.run_training`), and GRACE variants run the
-service's round algorithm in-process (`benchmarks.lm_grace_inprocess`). The round-0 scores of
+service's round algorithm in-process (`grace_lab.inprocess`). The round-0 scores of
 all N under the warm-up model are computed once per seed and shared (each variant still counts
 them as its cost). Rows are written after every run, so a stopped study keeps what it measured.
 """
@@ -26,11 +26,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.lm_variants import BASELINE, VARIANTS, Variant, make_provider
-from benchmarks.paper_report import final_metrics
+from grace_lab.lm_variants import BASELINE, VARIANTS, Variant, make_provider
+from grace_lab.paper_report import final_metrics
 
 log = logging.getLogger("lm_tuning")
 
@@ -104,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 def check_synthetic(overrides: Mapping[str, Any], args: argparse.Namespace) -> None:
     """Does a config change keep the synthetic benchmark's conclusion (GRACE rho 0.3 beats
     random per round and every static method on every seed)? Its full table, same seeds."""
-    from benchmarks import quality_synthetic as qs
-    from benchmarks.quality_methods import Schedule
-    from benchmarks.synthetic_task import TaskSpec
+    from grace_lab import quality_synthetic as qs
+    from grace_lab.quality_methods import Schedule
+    from grace_lab.synthetic_task import TaskSpec
 
     limits = qs._limit_blas_threads()  # the benchmark's own BLAS thread limit
     config = replace(qs.GRACE_CONFIG, **overrides)
@@ -127,9 +124,9 @@ def check_synthetic(overrides: Mapping[str, Any], args: argparse.Namespace) -> N
 def run_study(args: argparse.Namespace, variants: Mapping[str, Variant]) -> None:
     import torch
 
-    from benchmarks.lm_grace_inprocess import RecordingProvider, load_shared_start
-    from grace_workers.coreset_training import TrainSchedule, run_training
-    from grace_workers.text_experiment import TextRecipe, mixture_counts, prepare_text_data
+    from grace_lab.coreset_training import TrainSchedule, run_training
+    from grace_lab.inprocess import RecordingProvider, load_shared_start
+    from grace_lab.text_experiment import TextRecipe, mixture_counts, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
 
     torch.set_num_threads(args.threads)
@@ -239,7 +236,7 @@ def write_rows(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: fl
             "threads": args.threads,
             "seconds": seconds,
         },
-        "command": "python benchmarks/lm_tuning.py " + " ".join(sys.argv[1:]),
+        "command": "python -m grace_lab.lm_tuning " + " ".join(sys.argv[1:]),
         "rows": rows,
     }
     tmp = args.json.with_suffix(".tmp")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grace_workers.coreset_training import RoundRecord, RunResult
+from grace_lab.coreset_training import RoundRecord, RunResult
 
 log = logging.getLogger("grace.demo")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from grace_lab.debian_corpus import SOURCES, build_corpus
 from grace_workers.dataset import TokenDataset
 from grace_workers.dataset_builder import build_dataset, train_bpe_tokenizer
-from grace_workers.debian_corpus import SOURCES, build_corpus
 
 _RECIPE_FILE = "recipe.json"
 

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from grace_workers.lm_training import (
+from grace_lab.lm_training import (
     Perplexity,
     collate,
     cosine_lr,
@@ -27,7 +27,7 @@ from grace_workers.lm_training import (
     make_optimizer,
     train_step,
 )
-from grace_workers.text_experiment import TextData
+from grace_lab.text_experiment import TextData
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from grace_workers.coreset_training import RoundPlan
+from grace_lab.coreset_training import RoundPlan
 from grace_workers.tiny_gpt import TinyGPT
 
 

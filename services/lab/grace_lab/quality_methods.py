@@ -3,9 +3,9 @@
 Every method starts from the same warmed-up model (a few steps on uniform batches of all the
 data) and the same warm-up scoring pass, then trains `rounds * steps_per_round` more steps on
 batches drawn from its coreset, which static methods pick once and dynamic ones re-pick each
-round. GRACE runs the service's own round loop: score the rescore plan with the current model,
-repair the k-NN graph where embeddings drifted (`grace_selection.core.repair`, re-querying the
-rows exactly), then `compute_round`.
+round. GRACE runs the service's own round on a `LocalJob`: score the rescore plan with the current
+model, apply the scores to the service's job state, then the service's `step_round` (graph
+upkeep with its GraphKeeper over an exact index, then `compute_round`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.synthetic_task import Mlp, Scores, SyntheticTask, evaluate, score_samples
+from grace_lab.local_job import LocalJob
+from grace_lab.synthetic_task import Mlp, Scores, SyntheticTask, evaluate, score_samples
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
-from grace_selection.core.repair import insert_reverse_edges, plan_repair, replace_rows
 from grace_selection.core.scores import ScoreTable
 
 MethodKind = Literal["random_static", "random_per_round", "top_static", "selector_static", "grace"]
@@ -162,64 +162,38 @@ def _warm_table(start: WarmStart) -> ScoreTable:
 def _run_grace(
     method: Method, start: WarmStart, schedule: Schedule, trainer: _Trainer
 ) -> tuple[float, int, list[float]]:
-    """The service's loop: score the plan, repair the graph, estimate, select, train."""
-    from grace_selection.core.rounds import compute_round
-
+    """The service's round on a LocalJob: score the plan, step the round, train, report."""
     task, config = start.task, method.config
     n = task.x_train.shape[0]
-    importance = start.scores.importance.copy()
-    loss = np.full(n, np.nan, dtype=np.float32)  # what trainers reported, as in the service
-    scored_round = np.zeros(n, dtype=np.int32)  # the warm-up pass scored everything for round 0
-    indexed = _unit(start.scores.embedding)  # what the graph was built from, per sample
-    graph = start.graph
-    previous = np.full(n, np.nan, dtype=np.float32)
-    fresh = np.ones(n, dtype=np.bool_)
-    plan = np.empty(0, dtype=np.int64)
+    job = LocalJob(n, start.scores.embedding.shape[1], config, start.seed)
+    # The warm-up pass scored everything for round 0.
+    scored, plan = start.scores, np.arange(n, dtype=np.int64)
     select_seconds, extra_scored, relinked = 0.0, 0, []
-    for round_ in range(schedule.rounds):
-        if round_ > 0:
-            scored = score_samples(trainer.model, task.x_train[plan], task.y_train[plan])
-            extra_scored += plan.size
-            graph, rows = _repair_graph(graph, indexed, plan, scored, config)
-            relinked.append(rows / n)
-            importance[plan] = scored.importance
-            scored_round[plan] = round_
-            fresh = np.zeros(n, dtype=np.bool_)
-            fresh[plan] = True
-        table = ScoreTable(loss, importance, scored_round)
-        tick = time.perf_counter()
-        result = compute_round(
-            graph, table, previous, fresh, config, round_=round_, seed=start.seed
-        )
-        select_seconds += time.perf_counter() - tick
-        previous, plan = result.importance, result.rescore_plan
-        weights = result.coreset.weights if method.weighted else None
-        seen = trainer.train(result.coreset.indices, weights, schedule.steps_per_round)
-        loss[seen[0]] = seen[1]
+    try:
+        for round_ in range(schedule.rounds):
+            if round_ > 0:
+                scored = score_samples(trainer.model, task.x_train[plan], task.y_train[plan])
+                extra_scored += plan.size
+            job.apply_worker_scores(
+                plan,
+                round_,
+                embeddings=scored.embedding,
+                loss=None,  # the service's loss comes from the trainers' reports
+                importance=scored.importance,
+            )
+            outcome = job.step(round_)
+            if round_ > 0:
+                update = outcome.update
+                relinked.append(0.0 if update is None else update.requeried / n)
+            select_seconds += outcome.select_seconds
+            result = outcome.result
+            plan = result.rescore_plan
+            weights = result.coreset.weights if method.weighted else None
+            seen = trainer.train(result.coreset.indices, weights, schedule.steps_per_round)
+            job.apply_trainer_losses(seen[0], seen[1], round_, trainer.step)
+    finally:
+        job.close()
     return select_seconds, extra_scored, relinked
-
-
-def _repair_graph(
-    graph: KnnGraph,
-    indexed: F32,
-    plan: I64,
-    scored: Scores,
-    config: SelectionConfig,
-) -> tuple[KnnGraph, int]:
-    """Re-link the rows whose neighbours moved; returns the graph and how many rows were
-    re-queried. `indexed` (unit rows) is updated in place where samples drifted.
-
-    Drift is measured against the embedding the graph was built from, not the last one seen, so
-    that slow drift adds up until it crosses the threshold.
-    """
-    repair = plan_repair(graph, plan, indexed[plan], scored.embedding, config.drift_threshold)
-    if repair.drifted.size == 0:
-        return graph, 0
-    moved = np.isin(plan, repair.drifted)
-    indexed[plan[moved]] = _unit(scored.embedding[moved])
-    neighbours, similarities = query_neighbours(indexed, repair.relink, graph.k)
-    graph = replace_rows(graph, repair.relink, neighbours, similarities)
-    return insert_reverse_edges(graph, repair.drifted), int(repair.relink.size)
 
 
 def query_neighbours(unit: F32, rows: I64, k: int) -> tuple[I64, F32]:

@@ -1,12 +1,12 @@
 """Does GRACE pick better training data than random or static selection, and at what cost?
 
-    python benchmarks/quality_synthetic.py --seeds 0,1,2 --json quality.json
-    python benchmarks/quality_synthetic.py --grid --seeds 0,1 --json grid.json
-    python benchmarks/quality_synthetic.py --tune --seeds 10,11,12,13,14,15 --json tune.json
+    python -m grace_lab.quality_synthetic --seeds 0,1,2 --json quality.json
+    python -m grace_lab.quality_synthetic --grid --seeds 0,1 --json grid.json
+    python -m grace_lab.quality_synthetic --tune --seeds 10,11,12,13,14,15 --json tune.json
 
 A synthetic classification task with redundancy, a long tail of rare modes and label noise
-(`benchmarks/synthetic_task.py`); every method trains the same MLP for the same number of
-optimiser steps on its coreset (`benchmarks/quality_methods.py`). The table reports accuracy
+(`grace_lab.synthetic_task`); every method trains the same MLP for the same number of
+optimiser steps on its coreset (`grace_lab.quality_methods`). The table reports accuracy
 under the training distribution, tail accuracy (the rarest half of the modes), and the extra
 scoring passes per N a method spends after the shared warm-up pass. Progress goes to stderr,
 the markdown table to stdout, every run to the JSON file.
@@ -24,11 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.quality_methods import Method, RunResult, Schedule, run_method, warm_start
-from benchmarks.synthetic_task import TaskSpec, make_task
+from grace_lab.quality_methods import Method, RunResult, Schedule, run_method, warm_start
+from grace_lab.synthetic_task import TaskSpec, make_task
 from grace_selection.core.config import ESTIMATION_RULES, SelectionConfig
 
 # The GRACE configuration the table reports: the SelectionConfig defaults, which `--tune`
@@ -295,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = _limit_blas_threads()
     began = time.perf_counter()
     payload: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/quality_synthetic.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", "grace_lab.quality_synthetic", *sys.argv[1:]]),
         "schedule": asdict(schedule),
         "grace_config": GRACE_CONFIG.to_dict(),
     }

@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from grace_selection.dashboard.projection import (
+from grace_selection.core.projection import (
     apply_projection,
     choose_rows,
     fit_projection,
     project_embeddings,
     project_for_map,
 )
-from grace_selection.dashboard.projection_cache import ProjectionCache
+from grace_selection.service.projection_cache import ProjectionCache
 
 
 def exact_top2(data: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -16,8 +16,8 @@ import numpy.typing as npt
 
 from grace_client import CoresetClient
 from grace_client.reporter import ScoreReporter
+from grace_lab.coreset_training import RoundPlan
 from grace_proto.models import CreateJobRequest, SelectionConfigModel
-from grace_workers.coreset_training import RoundPlan
 from grace_workers.pool import ScoringPool
 from grace_workers.tiny_gpt import TinyGPT, save_tiny_gpt
 
@@ -94,7 +94,9 @@ class GraceServiceProvider:
             scored_samples=scored.samples,
             info={
                 "rescored_fraction": manifest.rescored_fraction,
-                "select_seconds": manifest.timings.total_seconds,
+                "select_seconds": manifest.timings.select_seconds,
+                "graph_seconds": manifest.timings.graph_seconds,
+                "round_seconds": manifest.timings.total_seconds,
                 "scoring_seconds": scored.seconds,
                 "service_churn": manifest.churn,
             },

@@ -74,7 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the rest
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from grace_workers.debian_corpus import CorpusSourceMissingError
+    from grace_lab.debian_corpus import CorpusSourceMissingError
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so that the service and Ray we
     # started are stopped by the `finally` blocks instead of being left behind.
@@ -91,20 +91,20 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from grace_client import CoresetClient
-    from grace_proto.models import SelectionConfigModel
-    from grace_selection.local_service import start_local_service
-    from grace_workers.coreset_training import (
+    from grace_lab.coreset_training import (
         RunResult,
         TrainSchedule,
         run_training,
         tokens_per_step_for,
         warm_up,
     )
-    from grace_workers.demo_report import log_round, write_report
-    from grace_workers.grace_provider import GraceServiceProvider
+    from grace_lab.demo_report import log_round, write_report
+    from grace_lab.providers import RandomPerRoundProvider
+    from grace_lab.service_provider import GraceServiceProvider
+    from grace_lab.text_experiment import TextRecipe, prepare_text_data
+    from grace_proto.models import SelectionConfigModel
+    from grace_selection.local_service import start_local_service
     from grace_workers.pool import PoolSettings, ScoringPool
-    from grace_workers.providers import RandomPerRoundProvider
-    from grace_workers.text_experiment import TextRecipe, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
     from grace_workers.worker import WorkerSettings
 
@@ -221,7 +221,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 def _source_counts(documents: int) -> dict[str, int]:
     """60% WordNet, 25% KJV, 15% fortunes: imbalanced on purpose (see debian_corpus)."""
-    from grace_workers.text_experiment import mixture_counts
+    from grace_lab.text_experiment import mixture_counts
 
     if documents < 20:
         raise SystemExit(f"grace demo: --documents must be >= 20, got {documents}")

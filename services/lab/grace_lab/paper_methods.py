@@ -3,7 +3,7 @@
 Static methods score every sample once with the warm-up model (one extra forward pass per
 sample) and keep their pick for the whole run; InfoBatch-style pruning uses only the losses
 training computes anyway. GRACE rows do not live here: they run through the real service,
-Ray workers and client (`grace_workers.grace_provider`).
+Ray workers and client (`grace_lab.service_provider`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.lm_grace_inprocess import ScoredSamples, score_samples
+from grace_lab.coreset_training import RoundPlan
+from grace_lab.inprocess import ScoredSamples, score_samples
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.scores import ScoreTable
 from grace_selection.core.selectors import select_coreset
-from grace_workers.coreset_training import RoundPlan
 from grace_workers.dataset import TokenDataset
 from grace_workers.tiny_gpt import TinyGPT
 

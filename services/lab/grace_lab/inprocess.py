@@ -1,31 +1,28 @@
 """GRACE in one process: what the service, the workers and the client do, without HTTP or Ray.
 
-`paper_table.py` runs every GRACE row through the real service, Ray pool and client; that is
-the claim, and it is slow to iterate on. A tuning study needs dozens of configs, so this
-provider does the same algorithm in-process, step for step:
+`grace_lab.paper_table` runs every GRACE row through the real service, Ray pool and client;
+that is the claim, and it is slow to iterate on. A tuning study needs dozens of configs, so this
+provider runs the service's own round in-process:
 
 1. score the round's rescore plan (round 0: every sample) with the current model, using the
    workers' math (`score_batch` + the job's seeded projection): loss, closed-form gradient
-   importance, pooled-hidden-state embedding; the scores are stamped with the round;
-2. bring the k-NN graph up to date with the service's own `GraphKeeper` over an exact
-   `BruteForceIndex` (repair where embeddings drifted beyond tau, rebuild when too many moved);
-3. call `core.rounds.compute_round` with the config, the score table, last round's importance
-   and the fresh mask, exactly as `service.round_runner.run_round` does;
-4. train on the coreset; the losses training computes are recorded as the trainer's reports are.
+   importance, pooled-hidden-state embedding, stamped with the round;
+2. apply them to the service's `JobArrays` as ingested batches are applied;
+3. call the service's `step_round` (graph upkeep with its `GraphKeeper` over an exact
+   `BruteForceIndex`, then `core.rounds.compute_round`), as its round runner does;
+4. train on the coreset; the losses training computes are applied as the trainer's reports are.
 
-The only knob the service does not have is `invert_importance` (prefer the lowest gradient
-norms), which exists to test whether selecting *easy* text is what helps. Helpers for the
-study live here too: the cached shared start of a seed, a stratified random baseline and a
-wrapper that records each round's ids.
+With every study knob off it publishes the coreset the service publishes for the same scores
+and seed (tests/unit/test_inprocess_round.py). Helpers for the study live here too: the cached
+shared start of a seed, a stratified random baseline and a wrapper that records each round's ids.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +30,25 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from grace_selection.adapters.brute_force_index import BruteForceIndex
-from grace_selection.core.budget import split_budget
-from grace_selection.core.config import SelectionConfig
-from grace_selection.core.graph import KnnGraph
-from grace_selection.core.rounds import RoundResult, compute_round
-from grace_selection.core.scores import NEVER_SCORED, ScoreTable
-from grace_selection.core.selectors import select_coreset
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
-from grace_workers.batching import collate, plan_batches
-from grace_workers.coreset_training import (
+from grace_lab.coreset_training import (
     CoresetProvider,
     RoundPlan,
     TrainSchedule,
     WarmStart,
     warm_up,
 )
+from grace_lab.local_job import LocalJob
+from grace_lab.text_experiment import TextData
+from grace_selection.core.budget import split_budget
+from grace_selection.core.config import SelectionConfig
+from grace_selection.core.coreset import Coreset
+from grace_selection.core.scores import ScoreTable
+from grace_selection.core.selectors import select_coreset
+from grace_selection.service.round_step import RoundOutcome
+from grace_workers.batching import collate, plan_batches
 from grace_workers.dataset import TokenDataset
 from grace_workers.projection import make_projection, project_embeddings
 from grace_workers.scoring import score_batch
-from grace_workers.text_experiment import TextData
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
 
 F32 = npt.NDArray[np.float32]
@@ -135,12 +131,24 @@ def load_shared_start(
 
 
 class InProcessGrace:
-    """A CoresetProvider running the service's round algorithm in this process.
+    """A CoresetProvider running the service's round in this process.
+
+    The job is a `LocalJob`: the service's own `JobArrays`, to which the round's scores and
+    embeddings are applied as the service applies ingested batches (the last write wins, a late
+    score from an older round never replaces a newer one), and the service's `step_round`.
 
     initial: the round-0 scores of every sample under the warm-up model, when the caller has
         them already (they are the same for every config of a seed, so a study scores once).
     report_losses: record the per-sample losses of training, as the client's reporter does.
-    invert_importance: hand the core -importance, so that the lowest gradient norms rank first.
+
+    The study's knobs, all off by default, act on what goes into the step and what comes out:
+    invert_importance: hand the job -importance, so that the lowest gradient norms rank first.
+    centre_embeddings: embeddings minus the mean of every stored one, re-normalised.
+    importance_per_document: importance times the document's predicted tokens (a sum, not a
+        mean). fixed_embeddings: (N, dim) rows from a fixed encoder replace the model's pooled
+        states, so the graph is built once and never drifts.
+    demote_previous: choose the coreset again with last round's coreset ranked below every
+        other sample (the novelty experiment); estimates and plan stay the step's own.
     """
 
     def __init__(
@@ -163,33 +171,21 @@ class InProcessGrace:
         n = len(dataset)
         self.name, self.dataset, self.config = name, dataset, config
         self.seed, self.dim, self.n = seed, dim, n
-        self.strata = None if strata is None else np.asarray(strata, dtype=np.int32)
         self.initial = initial
         self.report_losses = report_losses
         self.invert_importance = invert_importance
         self.centre_embeddings = centre_embeddings
         self.importance_per_document = importance_per_document
         self.demote_previous = demote_previous
-        # (N, dim) unit rows from a fixed encoder: they replace the model's pooled states, so
-        # the graph is built once and never drifts.
         self.fixed_embeddings = fixed_embeddings
-        self.previous_coreset: I64 = np.zeros(0, dtype=np.int64)
+        self.job = LocalJob(n, dim, config, seed, strata)
         # Predicted tokens per document (datasets are cut to the model's context when built):
         # what a per-token mean is multiplied by to give the document's summed gradient norm.
         self.n_targets = np.maximum(np.asarray(dataset.lengths) - 1, 1).astype(np.float32)
-        self.loss = np.full(n, np.nan, np.float32)
-        self.importance = np.full(n, np.nan, np.float32)
-        self.scored_round = np.full(n, NEVER_SCORED, np.int32)
-        self.embeddings = np.zeros((n, dim), np.float32)
-        self.embedded = np.zeros(n, dtype=np.bool_)
-        self.previous_importance = np.full(n, np.nan, np.float32)
+        self._raw_embeddings = np.zeros((n, dim), np.float32)  # before centring
+        self._embedded = np.zeros(n, dtype=np.bool_)
+        self.previous_coreset: I64 = np.zeros(0, dtype=np.int64)
         self.plan: I64 = np.arange(n, dtype=np.int64)  # round 0 scores every sample
-        self._folder = tempfile.TemporaryDirectory(prefix="grace-inprocess-")
-        # The service's graph keeper over an exact index: the folder only matters for
-        # snapshots, which an in-process run never takes.
-        factory = IndexFactory("brute", BruteForceIndex, BruteForceIndex.load)
-        self.keeper = GraphKeeper(n, dim, factory, Path(self._folder.name))
-        self._seq = 0
 
     def begin(self, model: TinyGPT, step: int) -> None:
         return None
@@ -201,102 +197,64 @@ class InProcessGrace:
         else:
             scored = score_samples(model, self.dataset, self.plan, self.dim, self.seed)
         scoring_seconds = time.perf_counter() - started
-        self._apply(scored, round_)
-
-        graph_started = time.perf_counter()
-        update = self.keeper.update(
-            scored.ids,
-            self._centred(self.embeddings[scored.ids]),
-            self._seq,
-            self.config.k,
-            self.config.drift_threshold,
-            self._fetch_all,
-        )
-        graph_seconds = time.perf_counter() - graph_started
-
-        select_started = time.perf_counter()
-        table = ScoreTable(
-            self.loss.copy(), self.importance.copy(), self.scored_round.copy(), self.strata
-        )
-        compute = self._compute_demoted if self.demote_previous else compute_round
-        result = compute(
-            update.graph,
-            table,
-            self.previous_importance,
-            self.scored_round >= round_,
-            self.config,
-            round_=round_,
-            seed=self.seed,
-        )
-        self.previous_importance = result.importance
-        self.previous_coreset = result.coreset.indices
+        self._apply_worker_scores(scored, round_)
+        outcome = self.job.step(round_)
+        result = outcome.result
+        coreset = result.coreset
+        if self.demote_previous:
+            coreset = self._demoted_coreset(outcome, round_)
+        self.previous_coreset = coreset.indices
         self.plan = result.rescore_plan
+        update = outcome.update
         info: dict[str, Any] = {
             "scoring_seconds": scoring_seconds,
-            "graph_seconds": graph_seconds,
-            "select_seconds": time.perf_counter() - select_started,
-            "graph_rebuilt": update.rebuilt,
-            "graph_requeried": update.requeried,
+            "graph_seconds": outcome.graph_seconds,
+            "select_seconds": outcome.select_seconds,
+            "graph_rebuilt": update is not None and update.rebuilt,
+            "graph_requeried": 0 if update is None else update.requeried,
         }
         # Shared round-0 scores still count: the service path scores every sample at round 0.
-        return RoundPlan(result.coreset.indices, result.coreset.weights, scored.ids.size, info)
+        return RoundPlan(coreset.indices, coreset.weights, scored.ids.size, info)
 
-    def _compute_demoted(
-        self,
-        graph: KnnGraph,
-        table: ScoreTable,
-        previous: F32,
-        fresh: npt.NDArray[np.bool_],
-        config: SelectionConfig,
-        *,
-        round_: int,
-        seed: int,
-    ) -> RoundResult:
-        """`compute_round`, except that the selection ranks last round's coreset below every
-        other sample: a sub-epoch run then keeps meeting new documents (the study's novelty
-        experiment). The estimates, the rescore plan and the returned importance are
-        compute_round's own; only the coreset is chosen again from the demoted importance."""
-        result = compute_round(graph, table, previous, fresh, config, round_=round_, seed=seed)
-        demoted = result.importance.copy()
+    def _demoted_coreset(self, outcome: RoundOutcome, round_: int) -> Coreset:
+        """The coreset chosen again from the step's importance with last round's coreset
+        ranked below every other sample: a sub-epoch run then keeps meeting new documents."""
+        demoted = outcome.result.importance.copy()
         if self.previous_coreset.size and np.isfinite(demoted).any():
             floor = float(np.nanmin(demoted))
             demoted[self.previous_coreset] = floor - abs(floor) - 1.0
+        table = outcome.inputs.scores
         chosen = ScoreTable(table.loss, demoted, table.scored_round, table.stratum)
-        coreset = select_coreset(graph, chosen, config, round_=round_, seed=seed)
-        return replace(result, coreset=coreset)
+        return select_coreset(outcome.graph, chosen, self.config, round_=round_, seed=self.seed)
 
     def observe(self, round_: int, step: int, ids: I64, losses: F32) -> None:
         if self.report_losses:
-            self.loss[ids] = losses
+            self.job.apply_trainer_losses(ids, losses, round_, step)
 
     def close(self) -> None:
-        self._folder.cleanup()
+        self.job.close()
 
-    def _apply(self, scored: ScoredSamples, round_: int) -> None:
-        """Record fresh scores as the service's JobArrays.apply does (the last write wins)."""
+    def _apply_worker_scores(self, scored: ScoredSamples, round_: int) -> None:
+        """What a scoring worker posts for the round (embeddings, then scores), through the
+        job's own apply; the study's knobs change the values on the way in."""
         ids = scored.ids
-        if self.fixed_embeddings is not None:
-            scored = ScoredSamples(ids, scored.loss, scored.importance, self.fixed_embeddings[ids])
-        self.loss[ids] = scored.loss
-        value = scored.importance
+        vectors = scored.embeddings if self.fixed_embeddings is None else self.fixed_embeddings[ids]
+        self._raw_embeddings[ids] = vectors
+        self._embedded[ids] = True
+        if self.centre_embeddings:
+            vectors = self._centred(vectors)
+        importance = scored.importance
         if self.importance_per_document:
-            value = value * self.n_targets[ids]
-        value = -value if self.invert_importance else value
-        self.importance[ids] = value
-        self.scored_round[ids] = round_
-        self.embeddings[ids] = scored.embeddings
-        self.embedded[ids] = True
-        self._seq += 1
-
-    def _fetch_all(self) -> tuple[I64, F32, int]:
-        ids = np.flatnonzero(self.embedded).astype(np.int64)
-        return ids, self._centred(self.embeddings[ids]), self._seq
+            importance = importance * self.n_targets[ids]
+        if self.invert_importance:
+            importance = -importance
+        self.job.apply_worker_scores(
+            ids, round_, embeddings=vectors, loss=scored.loss, importance=importance
+        )
 
     def _centred(self, vectors: F32) -> F32:
-        """Rows minus the mean of every stored embedding, re-normalised (when enabled)."""
-        if not self.centre_embeddings:
-            return vectors
-        centre: F32 = self.embeddings[self.embedded].mean(axis=0)
+        """Rows minus the mean of every stored embedding, re-normalised."""
+        centre: F32 = self._raw_embeddings[self._embedded].mean(axis=0)
         moved: F32 = vectors - centre[None, :]
         norms: F32 = np.linalg.norm(moved, axis=1, keepdims=True)
         centred: F32 = (moved / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -1,6 +1,6 @@
 """The paper's experiment on real text: GRACE against the methods people would otherwise use.
 
-    python benchmarks/paper_table.py --seeds 0,1,2 --json docs/results/paper_table.json
+    python -m grace_lab.paper_table --seeds 0,1,2 --json docs/results/paper_table.json
 
 Every method trains the same small GPT for the same number of optimiser steps from the same
 warm start (per seed) on the same Debian-text corpus, at each budget; held-out perplexity is
@@ -20,9 +20,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 log = logging.getLogger("paper_table")
 
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.merge is not None:
-        from benchmarks.paper_report import merge_results, write_outputs
+        from grace_lab.paper_report import merge_results, write_outputs
 
         merge_results(args.merge, args.json)
         write_outputs(args.json, args.markdown or args.json.with_suffix(".md"), _command(argv))
@@ -112,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from benchmarks.paper_report import write_outputs
+    from grace_lab.coreset_training import TrainSchedule, tokens_per_step_for, warm_up
+    from grace_lab.paper_report import write_outputs
+    from grace_lab.text_experiment import TextRecipe, mixture_counts, prepare_text_data
     from grace_selection.local_service import start_local_service
-    from grace_workers.coreset_training import TrainSchedule, tokens_per_step_for, warm_up
-    from grace_workers.text_experiment import TextRecipe, mixture_counts, prepare_text_data
     from grace_workers.tiny_gpt import TinyGPTConfig
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -177,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
 def _methods(
     args: argparse.Namespace, data: Any, budget: float, seed: int, url: str
 ) -> list[tuple[str, Callable[[], Any]]]:
-    from benchmarks.paper_methods import InfoBatchStyle, SelectorStatic, TopLossStatic
-    from grace_selection.core.config import SelectionConfig
-    from grace_workers.providers import (
+    from grace_lab.paper_methods import InfoBatchStyle, SelectorStatic, TopLossStatic
+    from grace_lab.providers import (
         FullDataProvider,
         LengthWeightedRandomPerRound,
         RandomPerRoundProvider,
         RandomStaticProvider,
     )
+    from grace_selection.core.config import SelectionConfig
 
     n = len(data.train)
     size = max(1, round(budget * n))
@@ -245,8 +242,8 @@ def _grace_maker(
 ) -> Callable[[], Any]:
     def make() -> Any:
         from grace_client import CoresetClient
+        from grace_lab.service_provider import GraceServiceProvider
         from grace_proto.models import SelectionConfigModel
-        from grace_workers.grace_provider import GraceServiceProvider
         from grace_workers.pool import PoolSettings, ScoringPool
         from grace_workers.worker import WorkerSettings
 
@@ -300,13 +297,13 @@ class _OwningProvider:
 def _run_one(
     data: Any, model_config: Any, schedule: Any, make: Callable[[], Any], seed: int, warm: Any
 ) -> Any:
-    from grace_workers.coreset_training import run_training
+    from grace_lab.coreset_training import run_training
 
     return run_training(data, model_config, schedule, make(), seed, warm)
 
 
 def _row(name: str, seed: int, budget: float, result: Any) -> dict[str, Any]:
-    from benchmarks.paper_report import final_metrics
+    from grace_lab.paper_report import final_metrics
 
     return {
         "method": name,
@@ -349,7 +346,7 @@ def _save(
 
 
 def _command(argv: list[str] | None) -> str:
-    return "python benchmarks/paper_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    return "python -m grace_lab.paper_table " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
