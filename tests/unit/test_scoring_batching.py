@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grace_workers.batching import batch_key, collate, plan_batches
-from grace_workers.dataset import write_dataset
+from grace_workers.batching import batch_key, collate, plan_batches, response_mask
+from grace_workers.dataset import DatasetFormatError, TokenDataset, write_dataset
 from grace_workers.pool import default_shards, gpus_per_actor
 
 
@@ -68,6 +68,34 @@ def test_collate_pads_right_and_truncates(tmp_path: Path) -> None:
     assert ids[1].tolist() == [7, 8, 0, 0, 0, 0]
     assert ids[2].tolist() == [1, 2, 3, 4, 5, 6]
     assert (ids[mask == 0] == 0).all()
+
+
+def test_response_mask_marks_each_pairs_response_and_survives_a_reopen(tmp_path: Path) -> None:
+    samples = [np.arange(1, 6), np.array([7, 8, 9]), np.arange(1, 10)]
+    ds = write_dataset(tmp_path / "d", samples, vocab_size=16, target_starts=[3, 1, 8])
+    again = TokenDataset.open(tmp_path / "d")
+    assert again.target_starts is not None and again.target_starts.tolist() == [3, 1, 8]
+    assert again.meta["has_target_starts"] is True
+    ids, _ = collate(again, np.array([2, 0, 1], dtype=np.int64), max_tokens=None)
+    mask = response_mask(again, np.array([2, 0, 1], dtype=np.int64), ids.shape[1])
+    assert mask is not None
+    assert mask.tolist() == [
+        [0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 1, 1, 1, 1, 1, 1],  # padding past the end is cut by the attention mask
+        [0, 1, 1, 1, 1, 1, 1, 1, 1],
+    ]
+    plain = write_dataset(tmp_path / "p", samples, vocab_size=16)
+    assert response_mask(plain, np.array([0]), 5) is None
+    assert ds.target_starts is not None
+
+
+@pytest.mark.parametrize("starts", [[0, 1, 1], [5, 1, 1], [1, 1]])
+def test_target_starts_that_leave_no_response_are_refused(
+    tmp_path: Path, starts: list[int]
+) -> None:
+    samples = [np.arange(1, 6), np.array([7, 8, 9]), np.arange(1, 10)]
+    with pytest.raises(DatasetFormatError, match="target_starts"):
+        write_dataset(tmp_path / "d", samples, vocab_size=16, target_starts=starts)
 
 
 @pytest.mark.parametrize(

@@ -232,3 +232,32 @@ def test_exact_grad_norms_name_unknown_parameters() -> None:
     ids, mask = make_batch(0, [3])
     with pytest.raises(ValueError, match="param_names"):
         exact_grad_norms(model, ids, mask, ["nope.weight"])
+
+
+def test_a_loss_mask_scores_only_the_response_tokens() -> None:
+    """With a loss mask, loss and importance are the means over the masked tokens alone: the
+    same numbers as scoring the full sample and averaging the per-token values by hand."""
+    torch.manual_seed(3)
+    model = TinyGPT(TinyGPTConfig(vocab_size=50, block_size=16, n_layer=1, n_embd=16))
+    ids = torch.randint(0, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    starts = torch.tensor([1, 4, 8])  # the first response token of each row
+    loss_mask = (torch.arange(9)[None, :] >= starts[:, None]).long()
+    masked = score_batch(model, ids, mask, loss_mask=loss_mask)
+    with torch.no_grad():
+        hidden = model.hidden_states(ids, mask)
+        logits = model.output_layer(hidden)[:, :-1]  # (B, T-1, V), position t predicts t+1
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), ids[:, 1:], reduction="none"
+        )
+        probs = logits.softmax(-1)
+        residual = probs - torch.nn.functional.one_hot(ids[:, 1:], 50).float()
+        token_norm = residual.norm(dim=-1) * hidden[:, :-1].norm(dim=-1)
+    for row, start in enumerate(starts.tolist()):
+        counted = slice(start - 1, None)  # targets t >= start are predicted from t - 1
+        assert masked.n_targets[row] == 9 - start
+        assert torch.allclose(masked.loss[row], token_loss[row, counted].mean(), atol=1e-5)
+        assert torch.allclose(masked.importance[row], token_norm[row, counted].mean(), atol=1e-4)
+    # Without the mask every real token after the first counts.
+    plain = score_batch(model, ids, mask)
+    assert torch.allclose(plain.loss, token_loss.mean(dim=1), atol=1e-5)

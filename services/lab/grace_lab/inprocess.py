@@ -45,7 +45,7 @@ from grace_selection.core.coreset import Coreset
 from grace_selection.core.scores import ScoreTable
 from grace_selection.core.selectors import select_coreset
 from grace_selection.service.round_step import RoundOutcome
-from grace_workers.batching import collate, plan_batches
+from grace_workers.batching import collate, plan_batches, response_mask
 from grace_workers.dataset import TokenDataset
 from grace_workers.projection import make_projection, project_embeddings
 from grace_workers.scoring import score_batch
@@ -80,7 +80,8 @@ def score_samples(
     try:
         for batch in plan_batches(ids, dataset.lengths, batch_size):
             input_ids, mask = collate(dataset, batch, model.max_positions)
-            scores = score_batch(model, input_ids, mask)
+            targets = response_mask(dataset, batch, input_ids.shape[1])
+            scores = score_batch(model, input_ids, mask, loss_mask=targets)
             rows = position[batch]
             loss[rows] = scores.loss.numpy()
             importance[rows] = scores.importance.numpy()

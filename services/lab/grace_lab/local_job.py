@@ -61,7 +61,25 @@ class LocalJob:
 
     def apply_trainer_losses(self, ids: I64, losses: F32, round_: int, step: int) -> None:
         """The per-sample losses a trainer reports (the client's ScoreReporter)."""
-        self._apply(ScoreBatch(f"t-{self._seq}", "trainer", round_, step, ids, losses, None, b""))
+        self.apply_trainer_scores(ids, round_, step, loss=losses)
+
+    def apply_trainer_scores(
+        self,
+        ids: I64,
+        round_: int,
+        step: int,
+        *,
+        loss: F32 | None = None,
+        importance: F32 | None = None,
+        embeddings: F32 | None = None,
+    ) -> None:
+        """What a trainer's ScoreReporter sends for `ids`: losses, and optionally the importance
+        and embeddings its forward pass computed anyway (for round `round_`)."""
+        if embeddings is not None:
+            self._apply(EmbeddingBatch(f"te-{self._seq}", round_, ids, embeddings, b""))
+        if loss is not None or importance is not None:
+            batch_id = f"t-{self._seq}"
+            self._apply(ScoreBatch(batch_id, "trainer", round_, step, ids, loss, importance, b""))
 
     def step(self, round_: int) -> RoundOutcome:
         """The service's round step; its importance becomes the next round's previous one."""

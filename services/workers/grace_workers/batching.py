@@ -67,3 +67,15 @@ def collate(
         input_ids[row, : len(seq)] = torch.from_numpy(seq.astype(np.int64))
         mask[row, : len(seq)] = 1
     return input_ids, mask
+
+
+def response_mask(dataset: TokenDataset, ids: npt.NDArray[np.int64], width: int) -> Tensor | None:
+    """(B, width) int64, 1 on the tokens whose prediction counts (an instruction pair's
+    response), for a dataset built with response starts; None for a plain text dataset, where
+    every token after the first counts."""
+    starts = dataset.target_starts
+    if starts is None:
+        return None
+    first = torch.from_numpy(np.asarray(starts[np.asarray(ids, dtype=np.int64)], dtype=np.int64))
+    positions = torch.arange(width, dtype=torch.long)[None, :]  # (1, width)
+    return (positions >= first[:, None]).to(torch.long)  # (B, width)

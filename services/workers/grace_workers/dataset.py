@@ -7,6 +7,9 @@ A dataset is a directory:
     offsets.npy       (n_samples + 1,) int64: sample i is tokens[offsets[i]:offsets[i + 1]]
     source_lines.npy  (n_samples,) int64: the 0-based JSONL line each sample came from
     strata.npy        (n_samples,) int32, optional: a stratum tag per sample
+    target_starts.npy (n_samples,) int64, optional: the first token of each sample whose
+                      prediction counts (an instruction pair's response); without it, every
+                      token after the first does
     tokenizer.json    optional: the tokenizer that produced the tokens
 
 Plain `.npy` files memory-map (`np.load(mmap_mode="r")`), so a worker opens a 10 GB dataset
@@ -34,6 +37,7 @@ TOKENS_FILE = "tokens.npy"
 OFFSETS_FILE = "offsets.npy"
 SOURCE_LINES_FILE = "source_lines.npy"
 STRATA_FILE = "strata.npy"
+TARGET_STARTS_FILE = "target_starts.npy"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -58,6 +62,7 @@ class TokenDataset:
     offsets: npt.NDArray[np.int64]
     source_lines: npt.NDArray[np.int64]
     strata: npt.NDArray[np.int32] | None
+    target_starts: npt.NDArray[np.int64] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> TokenDataset:
@@ -79,7 +84,9 @@ class TokenDataset:
         strata = (
             np.load(root / STRATA_FILE, mmap_mode="r") if (root / STRATA_FILE).exists() else None
         )
-        dataset = cls(root, meta, tokens, offsets, lines, strata)
+        starts_path = root / TARGET_STARTS_FILE
+        starts = np.load(starts_path, mmap_mode="r") if starts_path.exists() else None
+        dataset = cls(root, meta, tokens, offsets, lines, strata, starts)
         dataset.check()
         return dataset
 
@@ -108,6 +115,16 @@ class TokenDataset:
             raise DatasetFormatError(f"{where}/{SOURCE_LINES_FILE}: expected shape ({n},)")
         if self.strata is not None and self.strata.shape != (n,):
             raise DatasetFormatError(f"{where}/{STRATA_FILE}: expected shape ({n},)")
+        if self.target_starts is not None:
+            starts = self.target_starts
+            if starts.shape != (n,):
+                raise DatasetFormatError(f"{where}/{TARGET_STARTS_FILE}: expected shape ({n},)")
+            # Position 0 is never predicted; a start at or past the end leaves nothing to learn.
+            if n and bool(((starts < 1) | (starts >= np.diff(self.offsets))).any()):
+                raise DatasetFormatError(
+                    f"{where}/{TARGET_STARTS_FILE}: every start must be in 1..length-1, so that "
+                    "each sample has at least one response token"
+                )
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
@@ -144,11 +161,16 @@ def write_dataset(
     vocab_size: int,
     source_lines: npt.ArrayLike | None = None,
     strata: npt.ArrayLike | None = None,
+    target_starts: npt.ArrayLike | None = None,
     tokenizer_json: str | None = None,
     extra_meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TokenDataset:
-    """Write samples (each a 1-D array of token ids) as a dataset directory, atomically."""
+    """Write samples (each a 1-D array of token ids) as a dataset directory, atomically.
+
+    target_starts: per sample, the first token whose prediction counts (the response of an
+    instruction pair, after its prompt); None counts every token after the first.
+    """
     root = Path(path)
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root} exists; pass overwrite=True (--overwrite) to replace it")
@@ -161,6 +183,13 @@ def write_dataset(
         raise DatasetFormatError(
             f"token ids must be in 0..{vocab_size - 1}, found {int(flat.min())}..{int(flat.max())}"
         )
+    if target_starts is not None:
+        starts = np.asarray(target_starts, dtype=np.int64)
+        if starts.shape != lengths.shape or bool(((starts < 1) | (starts >= lengths)).any()):
+            raise DatasetFormatError(
+                f"target_starts: need one start per sample ({lengths.size}), each in "
+                "1..length-1 so that every sample keeps at least one response token"
+            )
     lines = (
         np.arange(len(samples), dtype="<i8")
         if source_lines is None
@@ -173,6 +202,7 @@ def write_dataset(
         "token_dtype": dtype.str,
         "vocab_size": int(vocab_size),
         "has_strata": strata is not None,
+        "has_target_starts": target_starts is not None,
         "tokenizer": TOKENIZER_FILE if tokenizer_json is not None else None,
         **dict(extra_meta or {}),
     }
@@ -184,6 +214,8 @@ def write_dataset(
         np.save(tmp / SOURCE_LINES_FILE, lines)
         if strata is not None:
             np.save(tmp / STRATA_FILE, np.ascontiguousarray(strata, dtype="<i4"))
+        if target_starts is not None:
+            np.save(tmp / TARGET_STARTS_FILE, np.ascontiguousarray(target_starts, dtype="<i8"))
         if tokenizer_json is not None:
             (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

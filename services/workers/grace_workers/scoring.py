@@ -67,11 +67,19 @@ class SampleScores:
     n_targets: Tensor
 
 
-def next_token_targets(input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(targets (B, T-1), target_mask (B, T-1) bool): position t predicts token t+1."""
+def next_token_targets(
+    input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(targets (B, T-1), target_mask (B, T-1) bool): position t predicts token t+1.
+
+    loss_mask: (B, T), optional: token t counts as a target only where it is true (an
+    instruction pair's response, not its prompt); None counts every real token after the first.
+    """
     mask = attention_mask.to(torch.bool)  # (B, T)
     targets = input_ids[:, 1:]  # (B, T-1)
     target_mask = mask[:, :-1] & mask[:, 1:]  # (B, T-1) both the context and the target are real
+    if loss_mask is not None:
+        target_mask = target_mask & loss_mask[:, 1:].to(torch.bool)
     return targets, target_mask
 
 
@@ -157,16 +165,22 @@ def score_hidden_states(
     input_ids: Tensor,
     attention_mask: Tensor,
     *,
+    loss_mask: Tensor | None = None,
     tile_elements: int = DEFAULT_TILE_ELEMENTS,
 ) -> SampleScores:
-    """Scores of a batch from its final hidden states (B, T, C) and the output layer."""
-    targets, target_mask = next_token_targets(input_ids, attention_mask)  # (B, T-1) x 2
+    """Scores of a batch from its final hidden states (B, T, C) and the output layer.
+
+    loss and importance are over the targets `loss_mask` allows (see `next_token_targets`);
+    the pooled embedding is over every real token, prompt included.
+    """
+    targets, target_mask = next_token_targets(input_ids, attention_mask, loss_mask)  # (B, T-1)
     n_targets = target_mask.sum(dim=1)  # (B,)
     if bool((n_targets == 0).any()):
         row = int(torch.nonzero(n_targets == 0)[0, 0])
         raise ValueError(
-            f"attention_mask: batch row {row} has fewer than 2 real tokens; a sample needs at "
-            "least 2 so that one token is predicted (build datasets with min_tokens >= 2)"
+            f"attention_mask: batch row {row} has no predicted token; a sample needs at least 2 "
+            "real tokens (build datasets with min_tokens >= 2) and, with a loss mask, at least "
+            "one response token"
         )
     rows, cols = torch.nonzero(target_mask, as_tuple=True)  # (n,), (n,) predicted positions
     # Only real predictions go through the output layer: padding costs no (V,) logits.
@@ -190,19 +204,27 @@ def score_batch(
     input_ids: Tensor,
     attention_mask: Tensor,
     *,
+    loss_mask: Tensor | None = None,
     tile_elements: int = DEFAULT_TILE_ELEMENTS,
 ) -> SampleScores:
     """Scores of a batch (B, T) under `model`, without building any autograd graph."""
     with torch.inference_mode():
         hidden = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
         return score_hidden_states(
-            hidden, model.output_layer, input_ids, attention_mask, tile_elements=tile_elements
+            hidden,
+            model.output_layer,
+            input_ids,
+            attention_mask,
+            loss_mask=loss_mask,
+            tile_elements=tile_elements,
         )
 
 
-def mean_token_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def mean_token_loss(
+    logits: Tensor, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None
+) -> Tensor:
     """(B,) mean next-token cross-entropy from full logits (B, T, V); differentiable."""
-    targets, target_mask = next_token_targets(input_ids, attention_mask)  # (B, T-1) x 2
+    targets, target_mask = next_token_targets(input_ids, attention_mask, loss_mask)
     token_loss = F.cross_entropy(
         logits[:, :-1].transpose(1, 2), targets, reduction="none"
     )  # (B, T-1)
@@ -215,6 +237,7 @@ def exact_grad_norms(
     attention_mask: Tensor,
     param_names: Sequence[str],
     *,
+    loss_mask: Tensor | None = None,
     chunk_size: int | None = None,
 ) -> Tensor:
     """(B,) exact norm of each sample's gradient of its mean token loss w.r.t. `param_names`.
@@ -233,12 +256,14 @@ def exact_grad_norms(
         )
     params = {name: named[name].detach() for name in param_names}
 
-    def sample_loss(p: dict[str, Tensor], ids: Tensor, mask: Tensor) -> Tensor:
+    targets_of = attention_mask if loss_mask is None else loss_mask  # (B, T)
+
+    def sample_loss(p: dict[str, Tensor], ids: Tensor, mask: Tensor, counts: Tensor) -> Tensor:
         _, logits = torch.func.functional_call(model, p, (ids[None], mask[None]), strict=False)
-        return mean_token_loss(logits, ids[None], mask[None])[0]  # () scalar
+        return mean_token_loss(logits, ids[None], mask[None], counts[None])[0]  # () scalar
 
     per_sample = torch.func.vmap(
-        torch.func.grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size
-    )(params, input_ids, attention_mask)  # {name: (B, *shape)}
+        torch.func.grad(sample_loss), in_dims=(None, 0, 0, 0), chunk_size=chunk_size
+    )(params, input_ids, attention_mask, targets_of)  # {name: (B, *shape)}
     squares = [g.flatten(start_dim=1).square().sum(dim=1) for g in per_sample.values()]  # (B,)
     return torch.stack(squares).sum(dim=0).sqrt()

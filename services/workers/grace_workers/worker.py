@@ -26,7 +26,7 @@ import torch
 
 from grace_client import CoresetClient
 from grace_proto.models import CheckpointInfo
-from grace_workers.batching import batch_key, collate, plan_batches
+from grace_workers.batching import batch_key, collate, plan_batches, response_mask
 from grace_workers.checkpoints import HuggingFaceCausalLM, LoadedModel, load_model
 from grace_workers.dataset import DatasetFormatError, TokenDataset
 from grace_workers.projection import make_projection, project_embeddings
@@ -115,6 +115,7 @@ def score_arrays(
     attention_mask: torch.Tensor,
     projection: torch.Tensor,
     *,
+    loss_mask: torch.Tensor | None = None,
     exact_params: Sequence[str] = (),
 ) -> dict[str, npt.NDArray[np.float32]]:
     """What a batch sends: embeddings (B, dim), loss (B,), importance (B,), float32 numpy.
@@ -122,10 +123,10 @@ def score_arrays(
     importance is the closed-form output-layer proxy, or with `exact_params` the exact norm of
     each sample's gradient w.r.t. those parameters (torch.func: one backward per sample).
     """
-    scores = score_batch(model, input_ids, attention_mask)
+    scores = score_batch(model, input_ids, attention_mask, loss_mask=loss_mask)
     embeddings = project_embeddings(scores.pooled, projection)  # (B, dim)
     importance = (
-        exact_grad_norms(model, input_ids, attention_mask, exact_params)
+        exact_grad_norms(model, input_ids, attention_mask, exact_params, loss_mask=loss_mask)
         if exact_params
         else scores.importance
     )  # (B,)
@@ -195,11 +196,13 @@ class ScoringWorker:
         for index, batch_ids in enumerate(batches):
             t0 = time.perf_counter()
             input_ids, mask = collate(self.dataset, batch_ids, limit)
+            targets = response_mask(self.dataset, batch_ids, input_ids.shape[1])
             arrays = score_arrays(
                 loaded.model,
                 input_ids.to(self.device),
                 mask.to(self.device),
                 projection,
+                loss_mask=None if targets is None else targets.to(self.device),
                 exact_params=self.settings.exact_params,
             )
             timer.score += time.perf_counter() - t0
