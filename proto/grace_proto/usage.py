@@ -17,7 +17,6 @@ DISTRIBUTION = "grace-coresets"
 _EXTRA_OF_MODULE = {
     "httpx": "client",
     "fastapi": "service",
-    "starlette": "service",
     "uvicorn": "service",
     "pydantic_settings": "service",
     "hnswlib": "service",

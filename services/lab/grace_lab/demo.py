@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
         help="train a small GPT on real text with GRACE coresets vs random (about 10 minutes)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  grace demo --steps 200 --seed 1",
     )
     demo.add_argument("--results", type=Path, default=Path("results/demo"))
     demo.add_argument("--work-dir", type=Path, default=Path("var/demo"))

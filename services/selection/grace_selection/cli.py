@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from grace_proto.usage import UsageError
-from grace_selection.console import HelpFormatter, example, run_command, version_line
+from grace_selection.console import (
+    ArgumentParser,
+    HelpFormatter,
+    example,
+    run_command,
+    version_line,
+)
 
 COMMAND_GROUP = "grace.commands"  # entry points naming a `register(subparsers)` function
 
@@ -44,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="grace",
         description="GRACE dynamic coreset selection for training.",
         formatter_class=HelpFormatter,

@@ -17,13 +17,20 @@ import sys
 import traceback
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from grace_proto.usage import DISTRIBUTION, UsageError, missing_extra
 
 EXIT_USAGE = 2  # what argparse uses for a bad flag, too
 EXIT_BUG = 1
 EXIT_INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag is one line too (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

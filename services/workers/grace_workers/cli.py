@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
         help="TinyGPT checkpoint file or local Hugging Face model directory, used when the "
         "service has no published checkpoint (a published one wins)",
     )
-    score.add_argument("--workers", type=int, default=1, help="Ray actors (default 1)")
+    score.add_argument("--workers", type=_at_least(1), default=1, help="Ray actors")
     score.add_argument(
         "--address", help="existing Ray cluster (e.g. auto or ray://host:10001); default: local"
     )
@@ -53,8 +53,12 @@ def register(subparsers: Any) -> None:
         help="the service's bearer token (default: $GRACE_TOKEN; the variable keeps it out of "
         "the process list)",
     )
-    score.add_argument("--batch-size", type=int, default=32, help="samples per forward pass")
-    score.add_argument("--shards", type=int, help="pieces of the plan (default: ~4 per actor)")
+    score.add_argument(
+        "--batch-size", type=_at_least(1), default=32, help="samples per forward pass"
+    )
+    score.add_argument(
+        "--shards", type=_at_least(1), help="pieces of the plan (default: ~4 per actor)"
+    )
     score.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per actor")
     score.add_argument(
         "--gpus-per-worker",
@@ -62,8 +66,10 @@ def register(subparsers: Any) -> None:
         help="GPUs per actor, fractions allowed (default: the cluster's GPUs shared, 0 if none)",
     )
     score.add_argument("--device", default="auto", help="cpu, cuda, ... (default: from GPUs)")
-    score.add_argument("--max-tokens", type=int, help="cut samples to this many tokens")
-    score.add_argument("--max-restarts", type=int, default=2, help="Ray restarts per actor")
+    score.add_argument("--max-tokens", type=_at_least(2), help="cut samples to this many tokens")
+    score.add_argument(
+        "--max-restarts", type=_at_least(0), default=2, help="Ray restarts per actor"
+    )
     score.add_argument(
         "--exact-grad",
         action="append",
@@ -141,6 +147,19 @@ def register(subparsers: Any) -> None:
     )
     build.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     build.set_defaults(func=run_build_dataset)
+
+
+def _at_least(low: int) -> Any:
+    """An argparse type: an integer >= low (a bad value is argparse's one-line error)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in its message
+    return parse
 
 
 def _example(*lines: str) -> str:
