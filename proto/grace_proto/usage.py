@@ -61,11 +61,19 @@ def pip_command_for(module: str) -> str | None:
     return None
 
 
-def missing_extra(exc: ImportError, what: str = "this command") -> MissingExtraError | None:
-    """The `MissingExtraError` an ImportError stands for, or None if it is not one we name."""
+def missing_extra(
+    exc: ImportError, what: str = "this command", extra: str | None = None
+) -> MissingExtraError | None:
+    """The `MissingExtraError` an ImportError stands for, or None if it is not one we name.
+
+    extra: the extra of the command that failed (`grace demo` needs `lab`, whichever of its
+    modules is missing); without it, the extra that installs the missing module.
+    """
     if not isinstance(exc, ModuleNotFoundError) or not exc.name:
         return None
     command = pip_command_for(exc.name)
     if command is None:
         return None
+    if extra is not None:
+        command = f"pip install '{DISTRIBUTION}[{extra}]'"
     return MissingExtraError(exc.name.partition(".")[0], command, what)

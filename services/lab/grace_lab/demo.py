@@ -65,7 +65,7 @@ def register(subparsers: Any) -> None:
         help="service store: empty for the embedded store, or redis://... "
         "(default: $GRACE_STORE or $REDIS_URL)",
     )
-    demo.set_defaults(func=run_demo)
+    demo.set_defaults(func=run_demo, extra="lab")  # what a missing module points to
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -9,9 +9,11 @@ the lab adds `demo`. This module names none of them, and a role that is not inst
 out. Each is imported only to build the parser and must stay cheap to import (torch, Ray and
 the like load when their command runs).
 
-Every subcommand runs through `grace_selection.console.run_command`: a mistake the user can fix
-is one line on stderr and exit status 2 (`--debug` adds the traceback), a bug keeps its
-traceback. `grace --version` names the installed version; `--help` shows defaults and an example.
+Every subcommand runs through `grace_selection.console.run_command`: a mistake the user can
+fix is one line on stderr and exit status 2 (`--debug` adds the traceback), a bug keeps its
+traceback. A subcommand may name the extra it needs (`set_defaults(extra="lab")`), which the
+line for a missing module then names. `grace --version` names the installed version; `--help`
+shows defaults and an example.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def _add_serve(subparsers: Any) -> None:
         choices=["critical", "error", "warning", "info", "debug"],
         help="GRACE_LOG_LEVEL, default info",
     )
-    serve.set_defaults(func=run_serve)
+    serve.set_defaults(func=run_serve, extra="service")
 
 
 def _add_openapi(subparsers: Any) -> None:
@@ -135,7 +137,7 @@ def _add_openapi(subparsers: Any) -> None:
         epilog=example("grace openapi --output proto/openapi.json"),
     )
     openapi.add_argument("--output", type=Path, help="write to this file instead of stdout")
-    openapi.set_defaults(func=run_openapi)
+    openapi.set_defaults(func=run_openapi, extra="service")
 
 
 def run_serve(args: argparse.Namespace) -> int:

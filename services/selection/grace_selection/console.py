@@ -87,7 +87,7 @@ def run_command(
         print(f"{command}: interrupted", file=err)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        line = describe(exc, command)
+        line = describe(exc, command, extra=getattr(args, "extra", None))
         if debug or line is None:
             traceback.print_exc(file=err)
         if line is None:
@@ -101,13 +101,17 @@ def run_command(
         return EXIT_USAGE
 
 
-def describe(exc: BaseException, command: str) -> str | None:
-    """The one line for an error the user can fix, or None for a bug."""
+def describe(exc: BaseException, command: str, extra: str | None = None) -> str | None:
+    """The one line for an error the user can fix, or None for a bug.
+
+    extra: the extra the command needs (its subparser's `set_defaults(extra=...)`), named
+    when one of our optional modules is missing; else the extra of that module.
+    """
     if isinstance(exc, UsageError):
         return _one_line(str(exc))
     if isinstance(exc, ImportError):
-        extra = missing_extra(exc, what=command)
-        return None if extra is None else str(extra)
+        missing = missing_extra(exc, what=command, extra=extra)
+        return None if missing is None else str(missing)
     if isinstance(exc, OSError) and exc.filename is not None:
         # A path the user gave that the system refuses (missing, a file where a folder should
         # be, no permission): the path and the reason say what to fix.

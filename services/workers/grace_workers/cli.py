@@ -80,7 +80,7 @@ def register(subparsers: Any) -> None:
     )
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.add_argument("--json", action="store_true", help="print the round report as JSON")
-    score.set_defaults(func=run_score)
+    score.set_defaults(func=run_score, extra="worker")
 
     build = subparsers.add_parser(
         "build-dataset",
