@@ -120,6 +120,30 @@ def test_score_against_an_unreachable_url_fails_before_ray_starts(
     assert list(ray_tmp.iterdir()) == []  # Ray never made its session folder
 
 
+def test_score_refuses_a_url_that_is_not_the_service(tmp_path: Path, dataset: TokenDataset) -> None:
+    port = free_loopback_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        code, _, err, _ = run_grace(
+            "score", "--job", "j", "--round", "0", "--data", str(dataset.path),
+            "--model", __file__, "--url", f"http://127.0.0.1:{port}",
+        )  # fmt: skip
+    finally:
+        other.kill()
+        other.wait()
+    assert_one_line(code, err, "score", "does not answer as a GRACE service", "404", "--url")
+
+
 def test_score_checks_the_data_first(tmp_path: Path) -> None:
     code, _, err, _ = run_grace(
         "score", "--job", "j", "--round", "0", "--data", str(tmp_path / "nowhere")

@@ -108,6 +108,7 @@ def test_class_label_strata_keep_their_names(
         ("dict", r"a DatasetDict with splits train, test; pass one split's folder.*hf/train"),
         ("no-text", r"no column 'text' \(columns: body\); pass --text-field"),
         ("null-text", r"hf row 1: 'text' is None"),
+        ("not-arrow", r"data-00000-of-00001\.arrow: not a readable Arrow stream"),
     ],
 )
 def test_bad_hf_folders_are_refused_with_the_fix(
@@ -120,6 +121,8 @@ def test_bad_hf_folders_are_refused_with_the_fix(
         datasets.Dataset.from_dict({"body": ["a b c"]}).save_to_disk(str(tmp_path / "hf"))
     else:
         datasets.Dataset.from_dict({"text": ["a b c", None]}).save_to_disk(str(tmp_path / "hf"))
+    if make == "not-arrow":
+        (tmp_path / "hf" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
     with pytest.raises(DatasetBuildError, match=match):
         build_dataset(tmp_path / "hf", tmp_path / "ds", tokenizer)
 

@@ -290,10 +290,16 @@ def run_build_dataset(args: argparse.Namespace) -> int:
 
 
 def _show_notes(command: str) -> None:
-    """Let the builder's warnings (a raised vocab size, skipped rows) reach the terminal."""
+    """Let the builder's warnings (a raised vocab size, skipped rows) reach the terminal, where
+    nobody configured logging (the `grace` command); once per process."""
+    logger = logging.getLogger("grace_workers")
+    if logging.getLogger().handlers or any(
+        getattr(h, "grace_notes", False) for h in logger.handlers
+    ):
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{command}: note: %(message)s"))
-    logger = logging.getLogger("grace_workers")
+    handler.grace_notes = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

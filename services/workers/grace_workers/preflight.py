@@ -64,10 +64,11 @@ def check_score_inputs(
                 f"cannot reach the GRACE service at {url} ({exc.detail or exc}); start it with "
                 "`grace serve`, or pass --url (GRACE_URL) of the running one"
             ) from exc
-        except GraceAPIError as exc:  # something answers there, but not as the service does
+        except (GraceAPIError, ValueError) as exc:  # something answers, but not as we do
+            answer = f"{exc.status} {exc.error}" if isinstance(exc, GraceAPIError) else "not JSON"
             raise UsageError(
-                f"{url} does not answer as a GRACE service (GET /healthz: {exc.status} "
-                f"{exc.error}); pass --url (GRACE_URL) of the service"
+                f"{url} does not answer as a GRACE service (GET /healthz: {answer}); pass --url "
+                "(GRACE_URL) of the service"
             ) from exc
         try:
             found = client.get_job(job)

@@ -253,10 +253,14 @@ def _record_batches(format: str, file: Path, columns: list[str]) -> tuple[list[s
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise (missing_extra(exc, f"reading {format}") or exc) from exc
-    if format == "parquet":
-        parquet = pq.ParquetFile(file)
-        names = list(parquet.schema_arrow.names)
-        present = [c for c in columns if c in names]
-        return names, parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present)
-    reader = pa.ipc.open_stream(pa.memory_map(str(file)))
-    return list(reader.schema.names), iter(reader)
+    try:
+        if format == "parquet":
+            parquet = pq.ParquetFile(file)
+            names = list(parquet.schema_arrow.names)
+            present = [c for c in columns if c in names]
+            return names, parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present)
+        reader = pa.ipc.open_stream(pa.memory_map(str(file)))
+        return list(reader.schema.names), iter(reader)
+    except pa.ArrowException as exc:
+        kind = "Parquet" if format == "parquet" else "Arrow stream (save_to_disk)"
+        raise DatasetBuildError(f"{file}: not a readable {kind} file ({exc})") from exc
