@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from grace_proto.usage import UsageError
+from grace_workers.sources import FORMATS  # standard library only
 
 DEFAULT_URL = "http://127.0.0.1:8765"
-BPE_MIN_VOCAB = 257  # dataset_builder.BPE_MIN_VOCAB, kept here so that --help imports nothing
-FORMATS = ("jsonl", "parquet", "hf")  # grace_workers.sources.FORMATS
+BPE_MIN_VOCAB = 257  # dataset_builder.BPE_MIN_VOCAB (a test keeps them equal): numpy stays unloaded
 
 
 def register(subparsers: Any) -> None:
