@@ -53,3 +53,9 @@ def test_build_dataset_command_reports_errors_without_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("error: ")
     assert "--text-field" in err
+
+
+def test_the_help_constants_are_the_builders() -> None:
+    from grace_workers import cli, dataset_builder
+
+    assert cli.BPE_MIN_VOCAB == dataset_builder.BPE_MIN_VOCAB

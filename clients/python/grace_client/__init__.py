@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from grace_client.cache import RoundCache
 from grace_client.client import CoresetClient
+from grace_client.dataset_info import DatasetInfo
 from grace_client.errors import (
     ConflictError,
     GraceAPIError,
@@ -32,6 +33,7 @@ __all__ = [
     "ConflictError",
     "CoresetClient",
     "CoresetSampler",
+    "DatasetInfo",
     "GraceAPIError",
     "GraceError",
     "IndexSlice",

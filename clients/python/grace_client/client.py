@@ -111,6 +111,16 @@ class CoresetClient:
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text
 
+    def check_write_access(self, job: str) -> None:
+        """Raise UnauthorizedError if this client's token may not write to `job`; write nothing.
+
+        It posts an empty score batch: the service checks the token before it reads a body,
+        then refuses the empty one (400/422), and a refused request changes nothing.
+        """
+        self._transport.request(
+            "POST", f"{_job(job)}/scores", json={}, ok_statuses=(400, 422), idempotent=True
+        )
+
     # -- jobs --------------------------------------------------------------------------
 
     def create_job(self, request: CreateJobRequest) -> JobResponse:

@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
         help="train a small GPT on real text with GRACE coresets vs random (about 10 minutes)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  grace demo --steps 200 --seed 1",
     )
     demo.add_argument("--results", type=Path, default=Path("results/demo"))
     demo.add_argument("--work-dir", type=Path, default=Path("var/demo"))
@@ -64,7 +65,7 @@ def register(subparsers: Any) -> None:
         help="service store: empty for the embedded store, or redis://... "
         "(default: $GRACE_STORE or $REDIS_URL)",
     )
-    demo.set_defaults(func=run_demo)
+    demo.set_defaults(func=run_demo, extra="lab")  # what a missing module points to
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -8,18 +8,36 @@ Other roles add subcommands through a `register(subparsers)` function that they 
 the lab adds `demo`. This module names none of them, and a role that is not installed is left
 out. Each is imported only to build the parser and must stay cheap to import (torch, Ray and
 the like load when their command runs).
+
+Every subcommand runs through `grace_selection.console.run_command`: a mistake the user can
+fix is one line on stderr and exit status 2 (`--debug` adds the traceback), a bug keeps its
+traceback. A subcommand may name the extra it needs (`set_defaults(extra="lab")`), which the
+line for a missing module then names. `grace --version` names the installed version; `--help`
+shows defaults and an example.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+from grace_proto.usage import UsageError
+from grace_selection.console import (
+    ArgumentParser,
+    HelpFormatter,
+    example,
+    run_command,
+    version_line,
+)
 
 COMMAND_GROUP = "grace.commands"  # entry points naming a `register(subparsers)` function
 
@@ -30,14 +48,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    return run_command(args.func, args, command=f"grace {args.command}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="grace", description="GRACE dynamic coreset selection for training."
+    parser = ArgumentParser(
+        prog="grace",
+        description="GRACE dynamic coreset selection for training.",
+        formatter_class=HelpFormatter,
+        epilog=example("grace serve", "grace COMMAND --help"),
     )
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (GRACE_DEBUG=1)"
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_serve(subparsers)
     _add_openapi(subparsers)
     for plugin in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
@@ -46,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue  # that role is not installed here
         register(subparsers)
+    for sub in subparsers.choices.values():
+        # Every command shows its defaults, and takes --debug after its own flags too (SUPPRESS:
+        # absent, it leaves the value of `grace --debug COMMAND` alone).
+        sub.formatter_class = HelpFormatter
+        if "--debug" not in sub._option_string_actions:
+            sub.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
     return parser
 
 
@@ -56,42 +89,59 @@ def _add_serve(subparsers: Any) -> None:
         description="Run the selection service. Every flag has a GRACE_* environment variable "
         "(flags win). The token is read from GRACE_TOKEN or --token-file only, never a flag, "
         "so that it does not show in the process list.",
+        epilog=example(
+            "grace serve --data-dir var/grace --store redis://127.0.0.1:6379/0",
+            "GRACE_TOKEN=$(cat token) grace serve --host 0.0.0.0",
+        ),
     )
+    # The defaults are ServiceSettings' (a unit test keeps these lines true); the flags default
+    # to None so that an unset flag leaves the environment's value alone.
     serve.add_argument("--host", help="bind address (GRACE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (GRACE_PORT, default 8765)")
     serve.add_argument(
-        "--store", help='"" or "local": files in --data-dir; or redis://host:port/db (GRACE_STORE)'
+        "--store",
+        help='"" or "local": files in --data-dir; or redis://host:port/db (GRACE_STORE, '
+        'default "": local)',
     )
-    serve.add_argument("--data-dir", help="local store and index snapshots (GRACE_DATA_DIR)")
+    serve.add_argument(
+        "--data-dir",
+        help="local store and index snapshots (GRACE_DATA_DIR, default ./var/grace)",
+    )
     serve.add_argument("--token-file", type=Path, help="file holding the bearer token")
     serve.add_argument(
         "--reads-require-token",
         action="store_true",
         default=None,
-        help="require the token for reads too (GRACE_READS_REQUIRE_TOKEN)",
+        help="require the token for reads too (GRACE_READS_REQUIRE_TOKEN, default off)",
     )
-    serve.add_argument("--max-body-bytes", type=int, help="largest body (GRACE_MAX_BODY_BYTES)")
-    serve.add_argument("--index", choices=["hnsw", "brute"], help="k-NN index (GRACE_INDEX)")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="largest body (GRACE_MAX_BODY_BYTES, default 536870912: 512 MiB)",
+    )
+    serve.add_argument(
+        "--index", choices=["hnsw", "brute"], help="k-NN index (GRACE_INDEX, default hnsw)"
+    )
     serve.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
-        help="GRACE_LOG_LEVEL",
+        help="GRACE_LOG_LEVEL, default info",
     )
-    serve.set_defaults(func=run_serve)
+    serve.set_defaults(func=run_serve, extra="service")
 
 
 def _add_openapi(subparsers: Any) -> None:
     openapi = subparsers.add_parser(
-        "openapi", help="print the OpenAPI document (proto/openapi.json is this output)"
+        "openapi",
+        help="print the OpenAPI document (proto/openapi.json is this output)",
+        epilog=example("grace openapi --output proto/openapi.json"),
     )
     openapi.add_argument("--output", type=Path, help="write to this file instead of stdout")
-    openapi.set_defaults(func=run_openapi)
+    openapi.set_defaults(func=run_openapi, extra="service")
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from grace_selection.settings import InsecureBindError, ServiceSettings
+    from grace_selection.settings import ServiceSettings
 
     overrides = {
         name: value
@@ -111,15 +161,63 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             overrides["token"] = args.token_file.read_text().strip()
         except OSError as exc:
-            print(f"grace serve: cannot read --token-file: {exc}", file=sys.stderr)
-            return 2
-    try:
-        settings = ServiceSettings(**overrides)
-        settings.check_bind_safety()
-    except (ValidationError, InsecureBindError) as exc:
-        print(f"grace serve: {exc}", file=sys.stderr)
-        return 2
+            raise UsageError(
+                f"--token-file {args.token_file}: cannot read it ({exc.strerror or exc}); "
+                "pass a file holding the token, or set GRACE_TOKEN"
+            ) from exc
+    settings = read_settings(ServiceSettings, overrides)
+    check_serve_settings(settings)
     return serve(settings)
+
+
+def read_settings(settings_class: Any, overrides: dict[str, Any]) -> Any:
+    """ServiceSettings from the environment and the flags; a bad value is one UsageError line
+    naming the flag, its GRACE_* variable and the rule, instead of pydantic's report."""
+    from pydantic import ValidationError
+
+    from grace_selection.settings import InsecureBindError
+
+    try:
+        settings = settings_class(**overrides)
+        settings.check_bind_safety()
+    except InsecureBindError as exc:
+        raise UsageError(str(exc)) from exc
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(
+                f"--{name.replace('_', '-')} / GRACE_{name.upper()} = {error.get('input')!r}: "
+                f"{message}"
+            )
+        raise UsageError("; ".join(problems)) from exc
+    return settings
+
+
+def check_serve_settings(settings: Any) -> None:
+    """What would otherwise fail deep in the start-up: the data folder and the port."""
+    data_dir = Path(settings.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--data-dir {data_dir}: cannot write there ({exc.strerror or exc}); pass a folder "
+            "this user can write with --data-dir or GRACE_DATA_DIR"
+        ) from exc
+    if settings.port:
+        try:
+            family = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0][0]
+            with socket.create_server((settings.host, settings.port), family=family):
+                pass
+        except OSError as exc:
+            what = "is in use" if exc.errno == errno.EADDRINUSE else "cannot be bound"
+            raise UsageError(
+                f"{settings.host}:{settings.port} {what} ({exc.strerror or exc}); pass another "
+                "--port (GRACE_PORT) or --host, or stop what holds it"
+            ) from exc
 
 
 def serve(settings: Any) -> int:

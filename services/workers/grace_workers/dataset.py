@@ -5,11 +5,14 @@ A dataset is a directory:
     meta.json         {"format": "grace-tokens/1", "n_samples", "n_tokens", "token_dtype", ...}
     tokens.npy        (n_tokens,) uint16 or uint32: every sample's tokens, one after another
     offsets.npy       (n_samples + 1,) int64: sample i is tokens[offsets[i]:offsets[i + 1]]
-    source_lines.npy  (n_samples,) int64: the 0-based JSONL line each sample came from
+    source_lines.npy  (n_samples,) int64: the 0-based input row each sample came from
     strata.npy        (n_samples,) int32, optional: a stratum tag per sample
     target_starts.npy (n_samples,) int64, optional: the first token of each sample whose
                       prediction counts (an instruction pair's response); without it, every
                       token after the first does
+    sample_keys.npy   (n_samples,) int64, optional: each sample's integer key (its id column)
+    sample_keys.json  optional, instead: each sample's string key, a JSON array in id order
+    text.jsonl        optional: line i is {"id": i, "text": ...}, sample i's text
     tokenizer.json    optional: the tokenizer that produced the tokens
 
 Plain `.npy` files memory-map (`np.load(mmap_mode="r")`), so a worker opens a 10 GB dataset
@@ -31,6 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from grace_proto.usage import UsageError
+
 FORMAT = "grace-tokens/1"
 META_FILE = "meta.json"
 TOKENS_FILE = "tokens.npy"
@@ -39,10 +44,17 @@ SOURCE_LINES_FILE = "source_lines.npy"
 STRATA_FILE = "strata.npy"
 TARGET_STARTS_FILE = "target_starts.npy"
 TOKENIZER_FILE = "tokenizer.json"
+KEYS_NPY_FILE = "sample_keys.npy"
+KEYS_JSON_FILE = "sample_keys.json"
+TEXT_FILE = "text.jsonl"
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UsageError, ValueError):
     """A dataset directory is malformed; the message names the file and the fix."""
+
+
+class DatasetExistsError(UsageError, FileExistsError):
+    """The output directory exists and overwriting was not asked for."""
 
 
 def token_dtype_for(vocab_size: int) -> np.dtype[Any]:
@@ -138,6 +150,27 @@ class TokenDataset:
         """(N,) tokens per sample."""
         return np.diff(self.offsets)
 
+    @property
+    def stratum_names(self) -> dict[int, str] | None:
+        """The name of each stratum id, when the strata were names in the input."""
+        names = self.meta.get("stratum_names")
+        return None if not names else {int(k): str(v) for k, v in names.items()}
+
+    @property
+    def text_path(self) -> Path | None:
+        """text.jsonl (line i: sample i's text), the job's `text_source`; None if not written."""
+        path = self.path / TEXT_FILE
+        return path if path.is_file() else None
+
+    def sample_keys(self) -> list[int] | list[str] | None:
+        """Each sample's key from the input's id column, in id order; None without one."""
+        if (self.path / KEYS_NPY_FILE).is_file():
+            return [int(k) for k in np.load(self.path / KEYS_NPY_FILE)]
+        if (self.path / KEYS_JSON_FILE).is_file():
+            keys: list[str] = json.loads((self.path / KEYS_JSON_FILE).read_text("utf-8"))
+            return keys
+        return None
+
     def tokens(self, i: int) -> npt.NDArray[np.unsignedinteger[Any]]:
         """Sample i's token ids (a view into the memory map)."""
         if not 0 <= i < len(self):
@@ -162,6 +195,9 @@ def write_dataset(
     source_lines: npt.ArrayLike | None = None,
     strata: npt.ArrayLike | None = None,
     target_starts: npt.ArrayLike | None = None,
+    stratum_names: Mapping[int, str] | None = None,
+    sample_keys: Sequence[int | str] | None = None,
+    texts: Sequence[str] | None = None,
     tokenizer_json: str | None = None,
     extra_meta: Mapping[str, Any] | None = None,
     overwrite: bool = False,
@@ -170,10 +206,15 @@ def write_dataset(
 
     target_starts: per sample, the first token whose prediction counts (the response of an
     instruction pair, after its prompt); None counts every token after the first.
+    sample_keys: each sample's key (all ints or all strings); texts: each sample's text, for
+    text.jsonl; stratum_names: the name of each stratum id, kept in meta.json.
     """
+    for name, values in (("sample_keys", sample_keys), ("texts", texts)):
+        if values is not None and len(values) != len(samples):
+            raise DatasetFormatError(f"{name}: {len(values)} values for {len(samples)} samples")
     root = Path(path)
     if root.exists() and not overwrite:
-        raise FileExistsError(f"{root} exists; pass overwrite=True (--overwrite) to replace it")
+        raise DatasetExistsError(f"{root} exists; pass overwrite=True (--overwrite) to replace it")
     dtype = token_dtype_for(vocab_size)
     lengths = np.fromiter((len(s) for s in samples), dtype=np.int64, count=len(samples))
     offsets = np.zeros(len(samples) + 1, dtype="<i8")
@@ -203,7 +244,14 @@ def write_dataset(
         "vocab_size": int(vocab_size),
         "has_strata": strata is not None,
         "has_target_starts": target_starts is not None,
+        "stratum_names": None
+        if stratum_names is None
+        else {str(k): v for k, v in sorted(stratum_names.items())},
         "tokenizer": TOKENIZER_FILE if tokenizer_json is not None else None,
+        "sample_keys": None
+        if sample_keys is None
+        else (KEYS_JSON_FILE if all(isinstance(k, str) for k in sample_keys) else KEYS_NPY_FILE),
+        "text": TEXT_FILE if texts is not None else None,
         **dict(extra_meta or {}),
     }
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +266,12 @@ def write_dataset(
             np.save(tmp / TARGET_STARTS_FILE, np.ascontiguousarray(target_starts, dtype="<i8"))
         if tokenizer_json is not None:
             (tmp / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+        if sample_keys is not None:
+            _write_keys(tmp, sample_keys)
+        if texts is not None:
+            with (tmp / TEXT_FILE).open("w", encoding="utf-8") as fh:
+                for i, text in enumerate(texts):
+                    fh.write(json.dumps({"id": i, "text": text}, ensure_ascii=False) + "\n")
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if root.exists():
             shutil.rmtree(root)
@@ -226,3 +280,10 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return TokenDataset.open(root)
+
+
+def _write_keys(root: Path, keys: Sequence[int | str]) -> None:
+    if all(isinstance(k, str) for k in keys):
+        (root / KEYS_JSON_FILE).write_text(json.dumps(list(keys), ensure_ascii=False), "utf-8")
+    else:
+        np.save(root / KEYS_NPY_FILE, np.asarray(keys, dtype="<i8"))

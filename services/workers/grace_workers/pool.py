@@ -26,6 +26,7 @@ from typing import Any
 
 from grace_client import CoresetClient
 from grace_proto.models import RoundStatus
+from grace_proto.usage import UsageError
 from grace_workers.worker import NoCheckpointError, ScoringWorker, ShardReport, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ _PERMANENT_ERRORS = (
 )
 
 
-class ScoringError(RuntimeError):
-    """A round could not be scored; the message carries the failing actor's error."""
+class ScoringError(UsageError, RuntimeError):
+    """A round could not be scored; the message carries the failing actor's error (the
+    `grace` command prints it without the driver's own traceback)."""
 
 
 @dataclass(frozen=True, slots=True)
