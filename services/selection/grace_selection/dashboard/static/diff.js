@@ -10,9 +10,13 @@ import { $, fill, h, show } from "./dom.js";
 
 const CHANGE_COLOUR = { entered: HEX.member, left: HEX.other };
 
+/** A message instead of a diff (round 0, no round, an error); the last diff's rows go. */
 export function renderDiffMessage(message) {
   $("diff-summary").textContent = message;
   show($("diff-body"), false);
+  fill($("diff-reasons").tBodies[0]);
+  fill($("diff-table").tBodies[0]);
+  fill($("diff-strata"));
 }
 
 /** Render a RoundDiffResponse; strata: sorted stratum ids; onOpen(id) opens a drill-down. */
@@ -38,7 +42,7 @@ export function renderDiff(diff, { strata = [], names = {}, onOpen }) {
               "td",
               { class: "bars" },
               h("span", {
-                class: `bar ${r.change}`,
+                class: `reason-bar ${r.change}`,
                 style: `width:${((100 * r.count) / largest).toFixed(2)}%;background:${CHANGE_COLOUR[r.change]}`,
               }),
             ),
