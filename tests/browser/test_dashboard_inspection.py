@@ -204,7 +204,9 @@ def test_the_map_is_coloured_by_stratum_loss_membership_and_estimates(
     page.find_element(By.ID, "map-reset").click()
     rng = np.random.default_rng(0)
 
-    def colours_at(positions: npt.NDArray[np.int64], mode: str) -> RGB:
+    def colours_at(positions: npt.NDArray[np.int64], mode: str) -> tuple[RGB, npt.NDArray[Any]]:
+        """The drawn colour at each point's position in mode `mode`, for the points on the
+        canvas (reset view fits the 0.5..99.5th percentile box), and which those are."""
         Select(page.find_element(By.ID, "map-colour")).select_by_value(mode)
         time.sleep(0.4)  # two animation frames
         where = page.execute_script(
@@ -218,28 +220,30 @@ def test_the_map_is_coloured_by_stratum_loss_membership_and_estimates(
         xy = np.array(where)
         inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
         assert inside.mean() > 0.9
-        return pixels[xy[inside, 1], xy[inside, 0]]
+        colours: RGB = pixels[xy[inside, 1], xy[inside, 0]]
+        return colours, positions[inside]
 
     # Stratum: a sampled point's pixel is nearest its own stratum's colour.
     sample = rng.choice(ids.size, 400, replace=False)
-    got = colours_at(sample, "stratum").astype(np.float64)
-    nearest = np.argmin(np.linalg.norm(got[:, None, :] - STRATA_RGB, axis=-1), axis=1)
-    strata = frame.arrays["stratum"][sample]
-    assert np.mean(nearest == strata[: nearest.size]) > 0.8
+    got, shown = colours_at(sample, "stratum")
+    distance = np.linalg.norm(got.astype(np.float64)[:, None, :] - STRATA_RGB, axis=-1)
+    nearest = np.argmin(distance, axis=1)
+    strata = frame.arrays["stratum"][shown]
+    assert np.mean(nearest == strata) > 0.8
     legend = page.find_element(By.ID, "map-legend").text
     assert all(name in legend for name in ("web", "code", "books"))
     # Loss: the highest losses are drawn on top, at the bright end of the ramp.
     top_loss = np.argsort(frame.arrays["loss"])[-200:]
-    bright = colours_at(top_loss, "loss")
+    bright, _ = colours_at(top_loss, "loss")
     assert np.mean(bright[:, 1] > 170) > 0.8  # viridis' top is green-yellow
     assert "loss" in page.find_element(By.ID, "map-legend").text
     # Membership: coreset members, drawn on top, in orange.
     members = np.flatnonzero(frame.arrays["in_coreset"] == 1)[:300]
-    orange = colours_at(members, "membership")
+    orange, _ = colours_at(members, "membership")
     assert np.mean(CLASSES["coreset"](orange[:, 0], orange[:, 1], orange[:, 2])) > 0.8
     # Estimates below 0, drawn on top, in red.
     negative = np.flatnonzero((frame.arrays["estimated"] == 1) & (frame.arrays["importance"] < 0))
-    red = colours_at(negative[:300], "estimated")
+    red, _ = colours_at(negative[:300], "estimated")
     assert np.mean(CLASSES["negative line"](red[:, 0], red[:, 1], red[:, 2])) > 0.8
     assert "estimated below 0" in page.find_element(By.ID, "map-legend").text
     Select(page.find_element(By.ID, "map-colour")).select_by_value("importance")
@@ -339,3 +343,21 @@ def test_an_empty_job_shows_its_first_steps_until_its_first_round(
         lambda: count(canvas_pixels(page, "#hist-importance canvas"), "coreset") > 50, 15, "bars"
     )
     assert console_errors(page) == []
+
+
+def test_a_service_without_jobs_says_how_to_create_one(browser: Any, tmp_path: Path) -> None:
+    process = ServiceProcess(free_port(), tmp_path)
+    try:
+        console_errors(browser)
+        browser.get(f"{process.url}/dashboard")
+        cell = wait_for(
+            lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs-table tr.empty code"),
+            15,
+            "the first step of an empty service",
+        )[0]
+        assert cell.text.startswith(f"curl -X POST {process.url}/v1/jobs")
+        assert '"job_id": "my-job"' in cell.text
+        assert not browser.find_element(By.ID, "job").is_displayed()
+        assert console_errors(browser) == []
+    finally:
+        process.close()
