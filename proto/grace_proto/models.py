@@ -198,6 +198,11 @@ class SampleRoundEntry(_Model):
     in_coreset: bool
     importance: float | None
     weight: float | None = None
+    estimated: bool | None = Field(
+        None,
+        description="true: this round's importance was estimated from neighbours, false: "
+        "measured; null: the round did not record it",
+    )
 
 
 class NeighborEntry(_Model):
@@ -205,11 +210,47 @@ class NeighborEntry(_Model):
     similarity: float
     importance: float | None
     in_coreset: bool
+    estimated: bool | None = Field(None, description="importance is an estimate (latest round)")
 
 
 class HistogramModel(_Model):
     edges: list[float]
     counts: list[int]
+    groups: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="counts of subsets over the same edges: `coreset` and `rest` in every "
+        "histogram, `measured` and `estimated` in the importance one",
+    )
+
+
+class EstimateSummary(_Model):
+    """How much of a round's importance vector was measured, and how odd the estimates look."""
+
+    measured: int = Field(description="samples whose importance was freshly scored")
+    estimated: int = Field(description="samples whose importance is an estimate")
+    unknown: int = Field(description="samples with no importance at all (never scored)")
+    negative_estimates: int = Field(
+        description="estimates below 0, a value no gradient norm can take"
+    )
+    min_measured: float | None
+    min_estimate: float | None
+
+
+class QuantileSummary(_Model):
+    count: int = Field(description="finite values the quantiles are taken over")
+    p10: float
+    p25: float
+    p50: float
+    p75: float
+    p90: float
+
+
+class StratumShare(_Model):
+    name: str
+    data_share: float
+    coreset_share: float
+    importance: QuantileSummary | None = None
+    loss: QuantileSummary | None = None
 
 
 class RoundStatsResponse(_Model):
@@ -220,14 +261,56 @@ class RoundStatsResponse(_Model):
     rescored_fraction: float
     mean_importance: float | None
     timings: RoundTimings
-    histograms: dict[str, HistogramModel] = Field(description="loss, importance, combined")
+    histograms: dict[str, HistogramModel] = Field(
+        description="loss, importance, combined (the selector's utility, a rank in (0, 1])"
+    )
     strata: dict[str, StratumShare] = Field(default_factory=dict)
+    estimates: EstimateSummary | None = Field(
+        None, description="null when the round did not record which scores were estimates"
+    )
 
 
-class StratumShare(_Model):
+class DiffReason(_Model):
+    reason: str
+    change: Literal["entered", "left"]
+    count: int
+    text: str = Field(description="what the reason means, in a sentence")
+
+
+class StratumChange(_Model):
     name: str
-    data_share: float
-    coreset_share: float
+    entered: int
+    left: int
+
+
+class DiffEntry(_Model):
+    sample_id: int
+    change: Literal["entered", "left"]
+    reason: str
+    stratum: int | None
+    utility_before: float = Field(description="the selector's utility in the previous round")
+    utility_after: float
+    importance_before: float | None
+    importance_after: float | None
+    estimated: bool | None = Field(description="importance_after is an estimate")
+    planned: bool = Field(description="in the rescore plan the previous round published")
+
+
+class RoundDiffResponse(_Model):
+    """Who entered and left the coreset between round - 1 and round, and why."""
+
+    job_id: str
+    round: int
+    previous: int
+    entered: int
+    left: int
+    stayed: int
+    reasons: list[DiffReason] = Field(description="every reason with at least one sample")
+    strata: dict[str, StratumChange] = Field(default_factory=dict)
+    samples: list[DiffEntry] = Field(
+        description="per direction, the `limit` samples whose utility moved most"
+    )
+    limit: int
 
 
 class ErrorResponse(_Model):
@@ -248,3 +331,4 @@ JobResponse.model_rebuild()
 RescorePlanResponse.model_rebuild()
 SampleResponse.model_rebuild()
 RoundStatsResponse.model_rebuild()
+RoundDiffResponse.model_rebuild()

@@ -206,3 +206,60 @@ def wait_published(service: ServiceProcess, job_id: str, r: int, timeout: float 
                 raise RuntimeError(f"round {r} of {job_id} failed: {response.json()}")
         time.sleep(0.3)
     raise RuntimeError(f"round {r} of {job_id} was not published within {timeout:.0f} s")
+
+
+def seed_inspection_job(
+    service: ServiceProcess, job_id: str, n: int, dim: int, rounds: int
+) -> SeededJob:
+    """A job whose rounds give every inspection panel something to show.
+
+    Round 0 scores everything; each later round re-scores exactly the plan the previous round
+    published (GET rounds/r/rescore), with importance cut to a tenth, so the `delta` rule pulls
+    the stale neighbours' estimates down, many of them below 0. Strata have names, their own
+    clusters, and their own levels of loss and importance.
+    """
+    rng = np.random.default_rng(5)
+    service._ok(
+        service.http.post(
+            "/v1/jobs",
+            json={
+                "job_id": job_id,
+                "n_samples": n,
+                "dim": dim,
+                "seed": 1,
+                "config": {"budget_fraction": 0.1, "k": 8, "rescore_fraction": 0.3},
+                "stratum_names": {str(k): v for k, v in STRATUM_NAMES.items()},
+            },
+        )
+    )
+    # Each data source is its own clusters, as sources are in real embeddings: the map
+    # coloured by stratum shows regions, and each stratum its own level of importance.
+    centres = rng.normal(size=(9, dim)) * 3.0
+    labels = rng.integers(0, centres.shape[0], size=n)
+    embeddings = (centres[labels] + rng.normal(size=(n, dim))).astype(np.float32)
+    strata = (labels % 3).astype(np.int32)
+    base = f"/v1/jobs/{job_id}"
+    service.put_frame(f"{base}/strata", {"batch_id": "strata"}, {"strata": strata})
+    ids = np.arange(n, dtype=np.int64)
+    service.post_frame(
+        f"{base}/embeddings",
+        {"batch_id": "emb-0", "round": 0},
+        {"ids": ids, "embeddings": embeddings},
+    )
+    level = np.array([1.0, 2.0, 3.0], dtype=np.float32)[strata]
+    importance = (level * rng.uniform(0.2, 1.0, size=n)).astype(np.float32)
+    for r in range(rounds):
+        plan = ids
+        if r > 0:
+            frame = decode_frame(service.http.get(f"{base}/rounds/{r}/rescore").content)
+            plan = frame.array("ids", "<i8", 1)
+            importance[plan] *= 0.1
+        loss = (1.0 + strata[plan] + rng.normal(0, 0.3, size=plan.size)).astype(np.float32)
+        service.post_frame(
+            f"{base}/scores",
+            {"batch_id": f"scores-{r}", "source": "worker", "round": r, "step": 10 * r},
+            {"ids": np.ascontiguousarray(plan), "loss": loss, "importance": importance[plan]},
+        )
+        service._ok(service.http.post(f"{base}/rounds", json={}))
+        wait_published(service, job_id, r)
+    return SeededJob(job_id, n, dim, rounds, embeddings, Path())

@@ -310,7 +310,7 @@ def test_a_new_round_appears_without_reloading(
     assert job.n == N
 
 
-def test_a_job_without_rounds_shows_empty_panels_not_stale_ones(
+def test_a_job_without_rounds_shows_its_first_steps_not_stale_panels(
     page: Any, service: tuple[ServiceProcess, SeededJob]
 ) -> None:
     process, _ = service
@@ -324,11 +324,17 @@ def test_a_job_without_rounds_shows_empty_panels_not_stale_ones(
     )[0]
     button.click()
     wait_for(lambda: page.find_element(By.ID, "job-title").text == "no-rounds", 15, "the job view")
-    assert page.find_element(By.ID, "round-facts").text == "no published round yet"
+    # The previous job's panels are emptied and hidden; the next steps take their place.
+    wait_for(lambda: page.find_element(By.ID, "job-hint").is_displayed(), 15, "the first steps")
+    assert not page.find_element(By.ID, "job-panels").is_displayed()
+    assert "Score the warm-up" in page.find_element(By.CSS_SELECTOR, "#hint-steps li.next").text
+    facts = page.find_element(By.ID, "round-facts").get_attribute("textContent")
+    assert facts == "no published round yet"
     assert page.find_elements(By.CSS_SELECTOR, "#hist-loss canvas") == []
     assert page.find_elements(By.CSS_SELECTOR, "#strata-table tbody tr") == []
+    assert page.find_elements(By.CSS_SELECTOR, "#diff-table tbody tr") == []
     assert map_state(page)["count"] == 0
-    assert "first round" in page.find_element(By.ID, "map-count").text
+    assert page.find_element(By.ID, "map-legend").get_attribute("textContent") == ""
     assert console_errors(page) == []
 
 

@@ -21,6 +21,7 @@ from grace_selection.service.errors import (
     ConflictError,
     InvalidInputError,
     MalformedRequestError,
+    MissingExtraError,
     NotFoundError,
     NotReadyError,
     RoundComputingError,
@@ -35,6 +36,7 @@ _STATUS: list[tuple[type[ServiceError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (NotReadyError, 503),
+    (MissingExtraError, 501),
 ]
 _HTTP_CODES = {
     401: "unauthorized",

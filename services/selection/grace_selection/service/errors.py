@@ -59,6 +59,12 @@ class ConflictError(ServiceError):
     code = "conflict"
 
 
+class MissingExtraError(ServiceError):
+    """The request needs an optional package this installation lacks; `extra` names it."""
+
+    code = "missing_extra"
+
+
 class NotReadyError(ServiceError):
     """The service is still loading its state, or its store is unreachable."""
 

@@ -13,17 +13,24 @@ import numpy.typing as npt
 
 from grace_proto.frames import encode_frame
 from grace_proto.models import (
+    EstimateSummary,
     HistogramModel,
     NeighborEntry,
+    QuantileSummary,
     RoundStatsResponse,
     SampleResponse,
     SampleRoundEntry,
     StratumShare,
 )
 from grace_selection.adapters.ports import ScoreStore
-from grace_selection.core.importance import combine_scores
 from grace_selection.core.projection import project_for_map
-from grace_selection.core.scores import NEVER_SCORED, ScoreTable
+from grace_selection.core.round_diff import compute_utility
+from grace_selection.core.score_summary import (
+    StratumQuantiles,
+    histogram_by_group,
+    quantiles_by_stratum,
+)
+from grace_selection.core.scores import NEVER_SCORED
 from grace_selection.service.errors import InvalidInputError
 from grace_selection.service.jobs import Job
 from grace_selection.service.rounds import RoundData
@@ -48,12 +55,14 @@ def describe_sample(job: Job, store: ScoreStore, sample_id: int) -> SampleRespon
         if member and data.weights is not None:
             weight = float(data.weights[int(np.searchsorted(data.indices, sample_id))])
         values = store.read_round_values(job.job_id, r, "importance", ids)
+        estimated = store.read_round_values(job.job_id, r, "estimated", ids)
         history.append(
             SampleRoundEntry(
                 round=r,
                 in_coreset=member,
                 importance=_finite(values[0]) if values is not None else None,
                 weight=weight,
+                estimated=None if estimated is None else bool(estimated[0]),
             )
         )
     scored_round = int(arrays.scored_round[sample_id])
@@ -83,9 +92,14 @@ def _neighbors(job: Job, store: ScoreStore, sample_id: int) -> list[NeighborEntr
     importance = data.importance if data is not None and data.importance is not None else None
     member = data.in_coreset(ids) if data is not None else np.zeros(ids.shape, dtype=bool)
     source = importance if importance is not None else job.arrays.importance
+    estimated = data.estimated if data is not None and importance is not None else None
     return [
         NeighborEntry(
-            sample_id=int(i), similarity=float(s), importance=_finite(source[i]), in_coreset=bool(m)
+            sample_id=int(i),
+            similarity=float(s),
+            importance=_finite(source[i]),
+            in_coreset=bool(m),
+            estimated=None if estimated is None else bool(estimated[i]),
         )
         for i, s, m in zip(ids, sims, member, strict=True)
     ]
@@ -98,10 +112,15 @@ def describe_round(job: Job, store: ScoreStore, round_: int, bins: int) -> Round
     data = job.rounds.data(round_, store)
     importance = data.importance if data.importance is not None else job.arrays.importance
     loss = data.loss if data.loss is not None else job.arrays.loss
-    scores = ScoreTable.from_arrays(loss, importance, job.arrays.scored_round, job.arrays.strata)
-    combined, _ = combine_scores(scores, job.spec.config)
+    utility = compute_utility(data.as_arrays(job.spec.n), job.spec.config)
     chosen = importance[data.indices]
     finite = chosen[np.isfinite(chosen)]
+    member = np.zeros(job.spec.n, dtype=np.bool_)
+    member[data.indices] = True
+    split = {"coreset": member, "rest": ~member}
+    by_source = dict(split)
+    if data.estimated is not None:
+        by_source |= {"measured": ~data.estimated, "estimated": data.estimated}
     return RoundStatsResponse(
         job_id=job.job_id,
         round=round_,
@@ -111,42 +130,84 @@ def describe_round(job: Job, store: ScoreStore, round_: int, bins: int) -> Round
         mean_importance=float(finite.mean()) if finite.size else None,
         timings=manifest.timings,
         histograms={
-            "loss": _histogram(loss, bins),
-            "importance": _histogram(importance, bins),
-            "combined": _histogram(combined, bins),
+            "loss": _histogram(loss, split, bins),
+            "importance": _histogram(importance, by_source, bins),
+            "combined": _histogram(utility, split, bins, (0.0, 1.0)),
         },
-        strata=_strata_shares(job, data.indices),
+        strata=_strata_shares(job, data.indices, importance, loss),
+        estimates=_estimates(importance, data.estimated),
     )
 
 
-def _strata_shares(job: Job, indices: npt.NDArray[np.int64]) -> dict[str, StratumShare]:
+def _estimates(
+    importance: npt.NDArray[np.float32], estimated: npt.NDArray[np.bool_] | None
+) -> EstimateSummary | None:
+    if estimated is None:
+        return None
+    known = np.isfinite(importance)
+    measured = importance[known & ~estimated]
+    estimates = importance[known & estimated]
+    return EstimateSummary(
+        measured=int(measured.size),
+        estimated=int(estimates.size),
+        unknown=int(importance.size - measured.size - estimates.size),
+        negative_estimates=int(np.count_nonzero(estimates < 0)),
+        min_measured=float(measured.min()) if measured.size else None,
+        min_estimate=float(estimates.min()) if estimates.size else None,
+    )
+
+
+def _strata_shares(
+    job: Job,
+    indices: npt.NDArray[np.int64],
+    importance: npt.NDArray[np.float32],
+    loss: npt.NDArray[np.float32],
+) -> dict[str, StratumShare]:
     strata = job.arrays.strata
     if strata is None or indices.size == 0:
         return {}
     names = job.spec.request.stratum_names or {}
     data_counts = np.bincount(strata)
     coreset_counts = np.bincount(strata[indices], minlength=data_counts.size)
+    importance_q = quantiles_by_stratum(importance, strata)
+    loss_q = quantiles_by_stratum(loss, strata)
     return {
         str(s): StratumShare(
             name=names.get(s, str(s)),
             data_share=float(data_counts[s]) / strata.size,
             coreset_share=float(coreset_counts[s]) / indices.size,
+            importance=_quantiles(importance_q[s]),
+            loss=_quantiles(loss_q[s]),
         )
         for s in np.flatnonzero(data_counts).tolist()
     }
 
 
-def _histogram(values: npt.NDArray[Any], bins: int) -> HistogramModel:
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return HistogramModel(edges=[], counts=[])
-    counts, edges = np.histogram(finite, bins=bins)
-    return HistogramModel(edges=edges.tolist(), counts=counts.tolist())
+def _quantiles(q: StratumQuantiles) -> QuantileSummary | None:
+    if q.count == 0:
+        return None
+    p10, p25, p50, p75, p90 = q.values
+    return QuantileSummary(count=q.count, p10=p10, p25=p25, p50=p50, p75=p75, p90=p90)
+
+
+def _histogram(
+    values: npt.NDArray[Any],
+    groups: dict[str, npt.NDArray[np.bool_]],
+    bins: int,
+    value_range: tuple[float, float] | None = None,
+) -> HistogramModel:
+    h = histogram_by_group(values, groups, bins, value_range)
+    return HistogramModel(
+        edges=h.edges.tolist(),
+        counts=h.counts.tolist(),
+        groups={name: counts.tolist() for name, counts in h.groups.items()},
+    )
 
 
 def project(job: Job, store: ScoreStore, round_: int | None, max_points: int) -> bytes:
-    """A frame: ids, xy (n, 2), importance, in_coreset of a seeded sample of embedded points.
+    """A frame of a seeded sample of embedded points: ids, xy (n, 2), importance, in_coreset,
+    loss, and estimated (u1, where the round recorded it) and stratum (i4, where the job has
+    strata).
 
     The map is the dashboard's randomized PCA (fitted on <= 20k rows); it is cached per
     (round, max_points, newest embedding), so a polling page does not refit it.
@@ -180,12 +241,18 @@ def _project(job: Job, data: RoundData | None, r: int | None, max_points: int) -
         else job.arrays.importance[ids]
     )
     member = data.in_coreset(ids) if data is not None else np.zeros(ids.size, dtype=bool)
+    loss = data.loss if data is not None and data.loss is not None else job.arrays.loss
     arrays: dict[str, npt.NDArray[Any]] = {
         "ids": ids,
         "xy": xy.astype(np.float32),
         "importance": np.asarray(importance, dtype=np.float32),
         "in_coreset": member.astype(np.uint8),
+        "loss": np.asarray(loss[ids], dtype=np.float32),
     }
+    if data is not None and data.estimated is not None:
+        arrays["estimated"] = data.estimated[ids].astype(np.uint8)
+    if job.arrays.strata is not None:
+        arrays["stratum"] = job.arrays.strata[ids].astype(np.int32)
     return encode_frame({"job_id": job.job_id, "round": r, "total": total}, arrays)
 
 

@@ -22,6 +22,7 @@ from grace_proto.models import (
     IngestResponse,
     JobListResponse,
     JobResponse,
+    RoundDiffResponse,
     RoundManifest,
     RoundStatsResponse,
     SampleResponse,
@@ -44,6 +45,13 @@ from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_selection.service.inspection import describe_round, describe_sample, project
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
 from grace_selection.service.lifecycle import get_utc_now
+from grace_selection.service.round_changes import (
+    TableExport,
+    TableFormat,
+    TableRows,
+    describe_diff,
+    export_round_table,
+)
 from grace_selection.service.round_runner import (
     after_publish,
     compact_if_due,
@@ -360,6 +368,15 @@ class SelectionService:
     def round_stats(self, job_id: str, r: str, bins: int) -> RoundStatsResponse:
         job = self.job(job_id)
         return describe_round(job, self.store, job.rounds.resolve(r), bins)
+
+    def round_diff(self, job_id: str, r: str, limit: int) -> RoundDiffResponse:
+        job = self.job(job_id)
+        return describe_diff(job, self.store, job.rounds.resolve(r), limit)
+
+    def round_table(self, job_id: str, r: str, rows: TableRows, fmt: TableFormat) -> TableExport:
+        """A round's per-sample table as CSV or Parquet chunks (streamed by the route)."""
+        job = self.job(job_id)
+        return export_round_table(job, self.store, job.rounds.resolve(r), rows, fmt)
 
     def sample(self, job_id: str, sample_id: int) -> SampleResponse:
         return describe_sample(self.job(job_id), self.store, sample_id)

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from grace_proto.frames import encode_frame
 from grace_proto.models import CheckpointInfo, IndicesResponse, RescorePlanResponse
+from grace_selection.core.round_diff import RoundArrays
 from grace_selection.service.slicing import slice_for_rank, slice_for_shard
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ class Body:
 class RoundData:
     """A published round's arrays: indices (K,) int64 sorted, weights (K,) float32 or None,
     rescore (m,) int64: the plan to score for the next round, importance (N,) float32: what
-    this round's selection used. `round` is the published round they belong to."""
+    this round's selection used, estimated (N,) bool: which of it were estimates, loss (N,)
+    float32: the loss it saw. `round` is the published round they belong to. Importance,
+    estimated and loss are None for a round stored without them."""
 
     def __init__(self, round_: PublishedRound, arrays: dict[str, npt.NDArray[Any]]) -> None:
         self.round = round_
@@ -47,6 +50,8 @@ class RoundData:
         self.importance = None if importance is None else np.asarray(importance, np.float32)
         loss = arrays.get("loss")
         self.loss = None if loss is None else np.asarray(loss, np.float32)
+        estimated = arrays.get("estimated")
+        self.estimated = None if estimated is None else np.asarray(estimated).astype(np.bool_)
         self._bodies: dict[tuple[Any, ...], Body] = {}
         self._lock = threading.Lock()
 
@@ -56,6 +61,13 @@ class RoundData:
         if cached is None:
             cached = self._remember(key, self._encode_indices(rank, world, fmt))
         return cached
+
+    def as_arrays(self, n: int) -> RoundArrays:
+        """The core's view of this round (importance all NaN if the round stored none)."""
+        importance = self.importance if self.importance is not None else np.full(n, np.nan)
+        return RoundArrays(
+            self.indices, np.asarray(importance, np.float32), self.loss, self.estimated
+        )
 
     def in_coreset(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         pos = np.searchsorted(self.indices, ids)

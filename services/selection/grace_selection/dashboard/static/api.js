@@ -80,6 +80,17 @@ export class Api {
     return this.json(`/jobs/${encodeURIComponent(jobId)}/samples/${sampleId}`);
   }
 
+  roundDiff(jobId, round, limit = 25) {
+    return this.json(`/jobs/${encodeURIComponent(jobId)}/rounds/${round}/diff?limit=${limit}`);
+  }
+
+  /** A round's per-sample table as a Blob (format csv or parquet; rows all, coreset, changed). */
+  async roundTable(jobId, round, format, rows = "all") {
+    const query = `format=${format}&rows=${rows}`;
+    const path = `/jobs/${encodeURIComponent(jobId)}/rounds/${round}/table?${query}`;
+    return (await this.request(path, format === "csv" ? "text/csv" : "application/vnd.apache.parquet")).blob();
+  }
+
   projection(jobId, round, maxPoints) {
     const query = `round=${round}&max_points=${maxPoints}`;
     return this.frame(`/jobs/${encodeURIComponent(jobId)}/projection?${query}`);

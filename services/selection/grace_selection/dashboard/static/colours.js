@@ -28,3 +28,30 @@ export function rampGradient() {
 
 export const MEMBER_COLOUR = "rgb(224 92 20)";
 export const OTHER_COLOUR = "rgb(133 148 173)";
+
+// Measured against estimated importance, and the estimates no gradient norm could take (< 0).
+export const MEASURED_COLOUR = "rgb(31 95 191)";
+export const ESTIMATED_COLOUR = "rgb(134 46 156)";
+export const NEGATIVE_COLOUR = "rgb(201 42 42)";
+export const NEGATIVE_ZONE = "rgba(201, 42, 42, 0.13)";
+
+// One colour per stratum everywhere on the page (map, charts, tables): Tableau 10, whose
+// hues stay apart for the common colour-vision deficiencies. Strata past ten repeat it.
+export const STRATUM_PALETTE = [
+  [78, 121, 167], [242, 142, 43], [89, 161, 79], [225, 87, 89], [118, 183, 178],
+  [237, 201, 72], [176, 122, 161], [255, 157, 167], [156, 117, 95], [186, 176, 172],
+];
+
+/** The CSS colour of the stratum at position `i` of the job's sorted stratum ids. */
+export function stratumColour(i, alpha = 1) {
+  const [r, g, b] = STRATUM_PALETTE[i % STRATUM_PALETTE.length];
+  return alpha === 1 ? `rgb(${r} ${g} ${b})` : `rgba(${r}, ${g}, ${b}, ${alpha})`;
+}
+
+/** "rgb(224 92 20)" -> [224, 92, 20]. */
+export function rgbOf(css) {
+  return css.match(/\d+/g).slice(0, 3).map(Number);
+}
+
+// The same colours as hex, for chart fills that append an alpha ("#rrggbbaa").
+export const HEX = { member: "#e05c14", other: "#8594ad", measured: "#1f5fbf", estimated: "#862e9c" };

@@ -4,12 +4,19 @@
 // a poll costs two small JSON requests (jobs, rounds) until a new round appears.
 
 import { Api, ApiError, readFragment, writeFragment } from "./api.js";
-import { clearChart, histogramChart, lineChart, formatNumber } from "./charts.js";
-import { MEMBER_COLOUR, OTHER_COLOUR, rampGradient } from "./colours.js";
+import { lineChart, formatNumber } from "./charts.js";
+import { renderDiff, renderDiffMessage } from "./diff.js";
 import { $, fill, h, show } from "./dom.js";
 import { renderSample, renderSampleMessage } from "./drill.js";
+import { downloadTable } from "./export.js";
+import { renderJobHint } from "./hint.js";
 import { PointMap } from "./map.js";
+import { availableModes, colourMap } from "./map_colours.js";
+import {
+  clearRound, renderHistograms, renderStrataTable, renderStrataTrend, strataOf,
+} from "./round_view.js";
 
+const DIFF_ROWS = 10; // samples listed per direction in the round diff; the CSV has all
 const config = JSON.parse($("grace-config").textContent);
 const api = new Api(config.apiPrefix);
 const state = {
@@ -18,6 +25,8 @@ const state = {
   job: null,
   rounds: [],
   stats: new Map(), // `${job}/${round}` -> RoundStatsResponse
+  diffs: new Map(), // `${job}/${round}` -> RoundDiffResponse (published rounds never change)
+  roundShown: null, // what the round panels show: `${job}/${round}/${published rounds}`
   round: null, // the round shown; null follows the latest
   pinnedRound: false,
   mapKey: null, // `${job}/${round}` of the projection on the map
@@ -47,7 +56,20 @@ function needToken(message) {
 function renderJobs() {
   const body = $("jobs-table").tBodies[0];
   if (!state.jobs.length) {
-    fill(body, h("tr", { class: "empty" }, h("td", { colspan: 5 }, "no jobs yet: create one with POST /v1/jobs")));
+    fill(
+      body,
+      h(
+        "tr",
+        { class: "empty" },
+        h(
+          "td",
+          { colspan: 5 },
+          "No jobs yet. First step: create one, e.g. ",
+          h("code", {}, `curl -X POST ${location.origin}${config.apiPrefix}/jobs -H 'Content-Type: application/json' -d '{"job_id": "my-job", "n_samples": 10000, "dim": 64}'`),
+          " or CoresetClient(url).create_job(...) (docs/client.md).",
+        ),
+      ),
+    );
     return;
   }
   fill(
@@ -112,13 +134,23 @@ function renderRoundPicker() {
   if (state.round !== null) select.value = String(state.round);
 }
 
+function statsOfPublished() {
+  return published().map((r) => state.stats.get(`${state.jobId}/${r.round}`)).filter(Boolean);
+}
+
+function renderStrataPanels() {
+  renderStrataTrend(statsOfPublished(), $("strata-score").value);
+}
+
 function renderRound() {
   const stats = state.stats.get(`${state.jobId}/${state.round}`);
+  show($("export-csv").parentElement, Boolean(stats));
   if (!stats) {
     // No published round yet (or another job's panels still showing): empty, not stale.
+    state.roundShown = null;
     $("round-facts").textContent = "no published round yet";
-    for (const id of ["hist-loss", "hist-importance", "hist-combined"]) clearChart($(id));
-    fill($("strata-table").tBodies[0]);
+    clearRound();
+    renderDiffMessage("");
     if (!state.projection) $("map-count").textContent = "the map appears with the first round";
     return;
   }
@@ -130,67 +162,61 @@ function renderRound() {
     `mean importance ${formatNumber(stats.mean_importance)}`,
     manifest ? `${formatNumber(manifest.timings.total_seconds)} s` : null,
   ].filter(Boolean).join(" · ");
-  histogramChart($("hist-loss"), stats.histograms.loss, "#d9480f");
-  histogramChart($("hist-importance"), stats.histograms.importance, "#1f5fbf");
-  histogramChart($("hist-combined"), stats.histograms.combined, "#2b8a3e");
-  const strata = Object.entries(stats.strata ?? {});
-  fill(
-    $("strata-table").tBodies[0],
-    strata.length
-      ? strata.map(([key, s]) =>
-          h(
-            "tr",
-            {},
-            h("td", {}, s.name || key),
-            h("td", { class: "num" }, `${(100 * s.data_share).toFixed(1)}%`),
-            h("td", { class: "num" }, `${(100 * s.coreset_share).toFixed(1)}%`),
-            h(
-              "td",
-              { class: "bars" },
-              h("span", { class: "bar data", style: `width:${(100 * s.data_share).toFixed(2)}%` }),
-              h("span", { class: "bar coreset", style: `width:${(100 * s.coreset_share).toFixed(2)}%` }),
-            ),
-          ),
-        )
-      : h("tr", { class: "empty" }, h("td", { colspan: 4 }, "this job has no strata")),
-  );
+  // Polls call this every few seconds; redraw only when the round or the rounds changed, so
+  // the tables under a reader's pointer are not rebuilt while nothing changed.
+  const shown = `${state.jobId}/${state.round}/${published().length}`;
+  if (state.roundShown === shown) return;
+  state.roundShown = shown;
+  renderHistograms(stats);
+  renderStrataTable(stats);
+  renderStrataPanels();
+  loadDiff();
 }
 
-function quantile(sorted, q) {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : 0;
+async function loadDiff() {
+  const round = state.round;
+  const key = `${state.jobId}/${round}`;
+  if (round === 0) {
+    $("diff-title").textContent = "Against the previous round";
+    renderDiffMessage("round 0 is the first round: there is no previous round to compare it with");
+    return;
+  }
+  let diff = state.diffs.get(key);
+  if (!diff) {
+    try {
+      diff = await api.roundDiff(state.jobId, round, DIFF_ROWS);
+    } catch (err) {
+      renderDiffMessage(`could not load the diff: ${err.message}`);
+      return;
+    }
+    state.diffs.set(key, diff);
+  }
+  if (key !== `${state.jobId}/${state.round}`) return; // the user moved on meanwhile
+  const stats = state.stats.get(key);
+  renderDiff(diff, {
+    strata: strataOf(stats),
+    names: state.job?.stratum_names ?? {},
+    onOpen: (id) => openSample(id),
+  });
 }
 
 function applyColour() {
   const frame = state.projection;
   if (!frame) return;
-  const mode = $("map-colour").value;
-  const n = map.count;
-  const values = new Float32Array(n);
-  if (mode === "membership") {
-    const member = frame.arrays.in_coreset.data;
-    let inside = 0;
-    for (let i = 0; i < n; i++) inside += values[i] = member[i] ? 1 : 0;
-    fill($("map-legend"),
-      h("span", { class: "swatch", style: `background:${MEMBER_COLOUR}` }), ` in the coreset (${inside.toLocaleString("en")})`,
-      h("span", { class: "swatch", style: `background:${OTHER_COLOUR}` }), ` not selected (${(n - inside).toLocaleString("en")})`);
-    map.setValues(values, true);
-    return;
+  const select = $("map-colour");
+  const modes = availableModes(frame);
+  if (modes.map(([v]) => v).join() !== [...select.options].map((o) => o.value).join()) {
+    const wanted = select.value;
+    fill(select, modes.map(([value, label]) => h("option", { value }, label)));
+    select.value = modes.some(([v]) => v === wanted) ? wanted : "importance";
   }
-  const scores = frame.arrays[mode]?.data ?? frame.arrays.importance.data;
-  // Clip to the 2nd..98th percentile so a few extreme scores do not wash out the ramp.
-  const finite = Float32Array.from(scores.filter(Number.isFinite)).sort();
-  const lo = quantile(finite, 0.02), hi = quantile(finite, 0.98);
-  const span = hi - lo || 1;
-  for (let i = 0; i < n; i++) {
-    const v = scores[i];
-    values[i] = Number.isFinite(v) ? Math.min(1, Math.max(0, (v - lo) / span)) : -1;
-  }
-  fill($("map-legend"),
-    h("span", {}, formatNumber(lo)),
-    h("span", { class: "ramp", style: `background:${rampGradient()}` }),
-    h("span", {}, formatNumber(hi)),
-    ` ${mode}` + (finite.length < n ? ` (grey: never scored, ${(n - finite.length).toLocaleString("en")})` : ""));
-  map.setValues(values, false);
+  const stats = state.stats.get(state.mapKey);
+  const { values, palette, legend } = colourMap(select.value, frame, {
+    strata: strataOf(stats),
+    names: Object.fromEntries(Object.entries(stats?.strata ?? {}).map(([k, s]) => [k, s.name])),
+  });
+  fill($("map-legend"), legend);
+  map.setValues(values, palette);
 }
 
 async function loadProjection() {
@@ -244,6 +270,7 @@ async function selectJob(jobId) {
   if (jobId === state.jobId) return;
   Object.assign(state, { jobId, job: null, rounds: [], round: null, pinnedRound: false, mapKey: null, projection: null, sampleId: null });
   map.setData({ xy: new Float32Array(0), ids: [] });
+  fill($("map-legend"));
   renderSampleMessage("Click a point on the map or type a sample id.");
   renderRound();
   writeFragment({ job: jobId });
@@ -256,6 +283,8 @@ async function refreshJob() {
   renderJobSummary();
   if (!state.job) return;
   state.rounds = await api.rounds(state.jobId);
+  // A job with nothing to show gets its next steps instead of empty panels.
+  show($("job-panels"), !renderJobHint(state.job, state.rounds, location.origin));
   const rounds = published();
   // Published rounds are immutable: fetch each one's stats once.
   for (const r of rounds) {
@@ -325,6 +354,17 @@ function bindControls() {
     if (state.sampleId !== null) await openSample(state.sampleId, { quiet: true });
   });
   $("map-colour").addEventListener("change", applyColour);
+  $("strata-score").addEventListener("change", renderStrataPanels);
+  const exportTable = async (format, rows) => {
+    try {
+      await downloadTable(api, state.jobId, state.round, format, rows);
+    } catch (err) {
+      showError(`Could not export round ${state.round}: ${err.message}`);
+    }
+  };
+  $("export-csv").addEventListener("click", () => exportTable("csv"));
+  $("export-parquet").addEventListener("click", () => exportTable("parquet"));
+  $("export-changes").addEventListener("click", () => exportTable("csv", "changed"));
   $("map-reset").addEventListener("click", () => map.fitView());
   $("sample-form").addEventListener("submit", (e) => {
     e.preventDefault();

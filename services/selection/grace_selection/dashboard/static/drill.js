@@ -1,7 +1,26 @@
 // The drill-down panel: one sample's text, scores over rounds, membership and neighbours.
 
 import { lineChart, formatNumber } from "./charts.js";
+import { ESTIMATED_COLOUR, MEASURED_COLOUR, NEGATIVE_COLOUR } from "./colours.js";
 import { $, fill, h, show } from "./dom.js";
+
+function sourceOf(entry) {
+  if (!entry || entry.estimated === null || entry.estimated === undefined) return "";
+  return entry.estimated ? "estimated" : "measured";
+}
+
+/** The importance a round used, saying whether it was measured and marking impossible ones. */
+function roundImportance(entry) {
+  if (!entry || entry.importance === null) return "–";
+  const source = sourceOf(entry);
+  const negative = entry.estimated && entry.importance < 0;
+  return h(
+    "span",
+    { class: negative ? "warn" : null, style: negative ? `color:${NEGATIVE_COLOUR}` : null },
+    formatNumber(entry.importance),
+    source ? ` (${source}${negative ? ", below 0: no gradient norm can be" : ""})` : "",
+  );
+}
 
 const TEXT_PREVIEW_CHARS = 2000;
 
@@ -17,12 +36,13 @@ export function renderSample(sample, { strataNames, onOpen }) {
   const facts = [
     ["stratum", stratum],
     ["loss", formatNumber(sample.loss)],
-    ["importance", formatNumber(sample.importance)],
+    [latest ? `importance in round ${latest.round}` : "importance", roundImportance(latest)],
+    ["latest measured importance", formatNumber(sample.importance)],
     ["scored in round", sample.scored_round ?? "never"],
     ["in latest coreset", latest ? (latest.in_coreset ? "yes" : "no") : "–"],
     ["weight", latest?.weight === null || latest?.weight === undefined ? "–" : formatNumber(latest.weight)],
   ];
-  fill($("drill-facts"), facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+  fill($("drill-facts"), facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v instanceof Node ? v : String(v))]));
 
   const text = $("drill-text");
   if (sample.text) {
@@ -36,8 +56,14 @@ export function renderSample(sample, { strataNames, onOpen }) {
 
   const rounds = sample.history.map((e) => e.round);
   lineChart($("chart-sample"), rounds, [
-    { label: "importance", values: sample.history.map((e) => e.importance) },
-  ]);
+    { label: "importance", values: sample.history.map((e) => e.importance), colour: MEASURED_COLOUR },
+    {
+      label: "estimated",
+      values: sample.history.map((e) => (e.estimated ? e.importance : null)),
+      colour: ESTIMATED_COLOUR,
+      pointsOnly: true,
+    },
+  ], { keys: $("keys-sample") });
 
   fill(
     $("drill-membership"),
@@ -46,9 +72,9 @@ export function renderSample(sample, { strataNames, onOpen }) {
         "span",
         {
           class: e.in_coreset ? "chip in" : "chip out",
-          title: e.in_coreset
+          title: (e.in_coreset
             ? `round ${e.round}: in the coreset${e.weight === null ? "" : `, weight ${formatNumber(e.weight)}`}`
-            : `round ${e.round}: not selected`,
+            : `round ${e.round}: not selected`) + (sourceOf(e) ? `; importance ${sourceOf(e)}` : ""),
         },
         `r${e.round}`,
       ),
@@ -63,7 +89,7 @@ export function renderSample(sample, { strataNames, onOpen }) {
         {},
         h("td", {}, h("button", { type: "button", class: "link", onclick: () => onOpen(n.sample_id) }, String(n.sample_id))),
         h("td", { class: "num" }, formatNumber(n.similarity)),
-        h("td", { class: "num" }, formatNumber(n.importance)),
+        h("td", { class: "num" }, formatNumber(n.importance), n.estimated ? h("span", { class: "est", title: "an estimate" }, " est.") : null),
         h("td", {}, n.in_coreset ? "yes" : "no"),
       ),
     ),

@@ -52,15 +52,17 @@ export class PointMap {
   }
 
   /**
-   * Colour values, Float32Array (n): in [0, 1] (or -1 for "no value") for a continuous score,
-   * or 0/1 when `categorical` (coreset membership).
+   * Colour values, Float32Array (n): in [0, 1] (or -1 for "no value") on the ramp when
+   * `palette` is null, else indices into `palette` ([r, g, b, a] in 0..1, at most 12).
+   * Higher values are drawn on top.
    */
-  setValues(values, categorical) {
+  setValues(values, palette = null) {
     const n = this.count;
     const order = new Uint32Array(n);
     for (let i = 0; i < n; i++) order[i] = i;
     order.sort((a, b) => values[a] - values[b]);
-    this.renderer.setValues(values, categorical, order, shuffled(n));
+    this.values = values;
+    this.renderer.setValues(values, palette, order, shuffled(n));
     if (this.fullFrameMs === null && n > 0) this.calibrate();
     this.requestRender();
   }

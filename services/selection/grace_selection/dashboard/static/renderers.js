@@ -1,5 +1,7 @@
 // The two ways the map paints its points, behind one interface:
-//   upload(xy), setValues(values, categorical, order, sample), draw(view, count, useSample, sync)
+//   upload(xy), setValues(values, palette, order, sample), draw(view, count, useSample, sync)
+// `palette` null: values in [0, 1] on the ramp, < 0 for "no value" (grey). Else a list of
+// [r, g, b, a] (0..1) colours, and each value is an index into it (< 0: grey).
 // GlRenderer uses WebGL (the GPU, or Chromium's software GL); CanvasRenderer paints an
 // ImageData on the CPU where no WebGL context can be had.
 
@@ -13,6 +15,7 @@ uniform vec2 u_center;
 uniform float u_size;
 uniform float u_mode;
 uniform vec3 u_stops[5];
+uniform vec4 u_palette[12];
 varying vec4 v_colour;
 
 vec3 ramp(float t) {
@@ -26,11 +29,13 @@ vec3 ramp(float t) {
 void main() {
   gl_Position = vec4((a_xy - u_center) * u_scale, 0.0, 1.0);
   gl_PointSize = u_size;
-  if (u_mode < 0.5) {
-    // Continuous score; a negative value marks "never scored".
-    v_colour = a_value < 0.0 ? vec4(0.62, 0.62, 0.62, 0.35) : vec4(ramp(a_value), 0.85);
+  if (a_value < 0.0) {
+    v_colour = vec4(0.62, 0.62, 0.62, 0.35); // no value: never scored, no stratum
+  } else if (u_mode < 0.5) {
+    v_colour = vec4(ramp(a_value), 0.85);
   } else {
-    v_colour = a_value > 0.5 ? vec4(0.88, 0.36, 0.08, 0.9) : vec4(0.52, 0.58, 0.68, 0.35);
+    // Vertex shaders may index uniform arrays with any integer expression (GLSL ES 1.0).
+    v_colour = u_palette[int(clamp(floor(a_value + 0.5), 0.0, 11.0))];
   }
 }`;
 
@@ -78,7 +83,7 @@ class GlRenderer {
     gl.useProgram(program);
     this.loc = {};
     for (const name of ["a_xy", "a_value"]) this.loc[name] = gl.getAttribLocation(program, name);
-    for (const name of ["u_scale", "u_center", "u_size", "u_mode", "u_stops"]) {
+    for (const name of ["u_scale", "u_center", "u_size", "u_mode", "u_stops", "u_palette"]) {
       this.loc[name] = gl.getUniformLocation(program, name);
     }
     gl.uniform3fv(this.loc.u_stops, new Float32Array(RAMP_STOPS.flat()));
@@ -98,9 +103,14 @@ class GlRenderer {
     gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
   }
 
-  setValues(values, categorical, order, sample) {
+  setValues(values, palette, order, sample) {
     const gl = this.gl;
-    this.categorical = categorical;
+    this.palette = palette;
+    if (palette) {
+      const flat = new Float32Array(12 * 4);
+      palette.slice(0, 12).forEach((c, i) => flat.set(c, 4 * i));
+      gl.uniform4fv(this.loc.u_palette, flat);
+    }
     gl.bindBuffer(gl.ARRAY_BUFFER, this.buffers.value);
     gl.bufferData(gl.ARRAY_BUFFER, values, gl.STATIC_DRAW);
     if (this.uintIndices) {
@@ -120,7 +130,7 @@ class GlRenderer {
       gl.uniform2f(this.loc.u_scale, (2 * view.scale) / view.width, (2 * view.scale) / view.height);
       gl.uniform2f(this.loc.u_center, view.cx, view.cy);
       gl.uniform1f(this.loc.u_size, view.pointSize);
-      gl.uniform1f(this.loc.u_mode, this.categorical ? 1 : 0);
+      gl.uniform1f(this.loc.u_mode, this.palette ? 1 : 0);
       gl.bindBuffer(gl.ARRAY_BUFFER, this.buffers.xy);
       gl.enableVertexAttribArray(this.loc.a_xy);
       gl.vertexAttribPointer(this.loc.a_xy, 2, gl.FLOAT, false, 0, 0);
@@ -153,14 +163,17 @@ export class CanvasRenderer {
     this.xy = xy;
   }
 
-  setValues(values, categorical, order, sample) {
-    Object.assign(this, { values, categorical, order, sample });
+  setValues(values, palette, order, sample) {
+    Object.assign(this, { values, palette, order, sample });
   }
 
   colourOf(i) {
     const v = this.values[i];
-    if (this.categorical) return v > 0.5 ? [224, 92, 20] : [170, 180, 196];
-    return v < 0 ? [200, 200, 200] : rampColour(v);
+    if (v < 0) return [200, 200, 200];
+    if (!this.palette) return rampColour(v);
+    // Opaque paint: blend the palette colour with white by its alpha, as the GPU path does.
+    const c = this.palette[Math.min(this.palette.length - 1, Math.round(v))];
+    return [0, 1, 2].map((k) => Math.round(255 * (c[k] * c[3] + (1 - c[3]))));
   }
 
   draw(view, count, useSample) {
