@@ -74,7 +74,8 @@ def test_response_mask_marks_each_pairs_response_and_survives_a_reopen(tmp_path:
     samples = [np.arange(1, 6), np.array([7, 8, 9]), np.arange(1, 10)]
     ds = write_dataset(tmp_path / "d", samples, vocab_size=16, target_starts=[3, 1, 8])
     again = TokenDataset.open(tmp_path / "d")
-    assert again.target_starts is not None and again.target_starts.tolist() == [3, 1, 8]
+    assert again.target_starts is not None
+    assert again.target_starts.tolist() == [3, 1, 8]
     assert again.meta["has_target_starts"] is True
     ids, _ = collate(again, np.array([2, 0, 1], dtype=np.int64), max_tokens=None)
     mask = response_mask(again, np.array([2, 0, 1], dtype=np.int64), ids.shape[1])
