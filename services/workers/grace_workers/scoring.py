@@ -177,10 +177,14 @@ def score_hidden_states(
     n_targets = target_mask.sum(dim=1)  # (B,)
     if bool((n_targets == 0).any()):
         row = int(torch.nonzero(n_targets == 0)[0, 0])
+        if loss_mask is not None and int(attention_mask[row].sum()) >= 2:
+            raise ValueError(
+                f"loss_mask: batch row {row} has no response token to predict; each sample "
+                "needs at least one (a target start before its last token)"
+            )
         raise ValueError(
-            f"attention_mask: batch row {row} has no predicted token; a sample needs at least 2 "
-            "real tokens (build datasets with min_tokens >= 2) and, with a loss mask, at least "
-            "one response token"
+            f"attention_mask: batch row {row} has fewer than 2 real tokens; a sample needs at "
+            "least 2 so that one token is predicted (build datasets with min_tokens >= 2)"
         )
     rows, cols = torch.nonzero(target_mask, as_tuple=True)  # (n,), (n,) predicted positions
     # Only real predictions go through the output layer: padding costs no (V,) logits.
