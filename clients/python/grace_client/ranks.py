@@ -106,7 +106,9 @@ def resolve_ranks(
         raise LaunchError(
             f"{where}, but torch.distributed has no process group yet, so the ranks cannot "
             "agree on which round to train on. Create the sampler after "
-            "torch.distributed.init_process_group() (or accelerate's Accelerator() / "
-            "PartialState()), or pass consensus=False if each process may decide alone"
+            "torch.distributed.init_process_group() (accelerate's Accelerator() and the "
+            "Hugging Face Trainer create it; on a machine without GPUs only with cpu=True, "
+            "or TrainingArguments(use_cpu=True)), or pass consensus=False if each process "
+            "may decide alone"
         )
     return found
