@@ -10,9 +10,13 @@
     trainer.train()
 
 - The training sampler is a CoresetSampler (this rank's slice of the current round; a newer
-  round is taken at an epoch start once every rank has it).
-- Per-sample losses are computed from the logits of the forward pass the Trainer already ran
+  round is taken every k epochs or every n steps, once every rank has it; epochs keep their
+  length, so the Trainer's step arithmetic holds).
+- The loss is weighted by the round's weights (the Trainer's own loss when unweighted), and
+  per-sample losses are computed from the logits of the forward pass the Trainer already ran
   (no second forward) and handed to a background ScoreReporter.
+- Every `Trainer.log` carries the round's figures (grace/round, grace/churn, ...), so the
+  report_to integrations chart them.
 - Checkpoints carry the sampler's position (`grace_sampler.json`), so that
   `trainer.train(resume_from_checkpoint=...)` continues with exactly the samples still due.
 
