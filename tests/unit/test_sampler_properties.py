@@ -7,6 +7,7 @@ sampler against the real service is in tests/integration/test_client_service.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from datetime import UTC, datetime
@@ -310,3 +311,30 @@ def test_the_weighted_mean_of_an_unweighted_round_is_the_mean() -> None:
     assert sampler.weighted_mean([4, 5, 6], per_sample).item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="3 per-sample losses for 2 ids"):
         sampler.weighted_mean([4, 5], per_sample)
+
+
+class RoundWeighted(MemorySource):
+    """Weights that differ by round: id i weighs 10 * i + round."""
+
+    def make_slice(self, round_: int, rank: int, world: int) -> IndexSlice:
+        piece = super().make_slice(round_, rank, world)
+        weights = (piece.indices * 10 + round_).astype(np.float32)
+        return dataclasses.replace(piece, weights=weights)
+
+
+def test_a_batch_from_the_previous_round_gets_that_rounds_weights() -> None:
+    source = RoundWeighted({0: np.arange(10)})
+    sampler = make_sampler(source)
+    list(sampler)
+    source.publish(1, np.arange(5, 15))
+    sampler.poll()
+    list(sampler)
+    assert sampler.round == 1
+    for ids, round_, expected in (
+        ([6, 12], None, [61.0, 121.0]),  # the current round answers first
+        ([6, 2], 0, [60.0, 20.0]),  # a batch drawn before the switch: round 0's weights
+        ([6, 12], 1, [61.0, 121.0]),
+    ):
+        got = sampler.weights_for(ids, round_)
+        assert got is not None
+        assert got.tolist() == expected

@@ -234,7 +234,7 @@ class GraceTrainer(Trainer):
     # -- what the loggers chart --------------------------------------------------------
 
     def grace_metrics(self) -> dict[str, float]:
-        """The current round's figures, from memory (never a request): {} before training."""
+        """The figures of the last trained batch's round, from memory (never a request)."""
         sampler = self.grace_sampler
         if sampler is None:
             return {}
@@ -245,14 +245,14 @@ class GraceTrainer(Trainer):
             "grace/service_reachable": 1.0 if sampler.service_reachable else 0.0,
         }
         manifest = sampler.round_manifest(round_)
-        if manifest is not None:
-            metrics["grace/coreset_size"] = float(manifest.count)
-        elif piece.round == round_:
-            metrics["grace/coreset_size"] = float(piece.total)
-        if manifest is not None:
-            metrics["grace/rescored_fraction"] = float(manifest.rescored_fraction)
-            if manifest.churn is not None:  # round 0 has no previous round to differ from
-                metrics["grace/churn"] = float(manifest.churn)
+        if manifest is None:  # not fetched yet: what the slice itself says
+            if piece.round == round_:
+                metrics["grace/coreset_size"] = float(piece.total)
+            return metrics
+        metrics["grace/coreset_size"] = float(manifest.count)
+        metrics["grace/rescored_fraction"] = float(manifest.rescored_fraction)
+        if manifest.churn is not None:  # round 0 has no previous round to differ from
+            metrics["grace/churn"] = float(manifest.churn)
         return metrics
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -347,7 +347,7 @@ class GraceTrainer(Trainer):
         sampler = self.grace_sampler
         if not self._grace_weighted or sampler is None:
             return None
-        weights = sampler.weights_for(ids)
+        weights = sampler.weights_for(ids, self._grace_batch_round)
         if weights is not None and (
             self.label_smoother is not None or self.compute_loss_func is not None
         ):

@@ -90,10 +90,13 @@ def reweight_loss(
     equal weights the result is `loss` itself.
     """
     counts_f = counts.to(sums.dtype)
+    w = weights.to(device=sums.device, dtype=sums.dtype)
     total = sums.detach().sum()
-    weighted_tokens = (weights.to(sums.dtype) * counts_f).sum()
-    if not (float(total) > 0 and float(weighted_tokens) > 0):
-        return loss  # nothing to reweight (no counted tokens, or a perfect batch)
-    scale = loss.detach() / total  # the Trainer's normalisation, recovered from its value
-    v = weights.to(sums.dtype) * (counts_f.sum() / weighted_tokens)
+    weighted_tokens = (w * counts_f).sum()
+    # torch.where rather than an `if` on a value: no device sync in the training step. A batch
+    # with nothing to reweight (no counted tokens, a zero loss) keeps `loss` as it is.
+    scale = torch.where(total > 0, loss.detach() / total.clamp_min(1e-30), 0.0)
+    v = torch.where(
+        weighted_tokens > 0, w * (counts_f.sum() / weighted_tokens.clamp_min(1e-30)), 1.0
+    )
     return loss + scale.to(sums.dtype) * ((v - 1.0) * sums).sum()

@@ -261,13 +261,17 @@ class CoresetSampler(Sampler[int]):
 
     # -- weights -----------------------------------------------------------------------
 
-    def weights_for(self, ids: Any) -> npt.NDArray[np.float32] | None:
+    def weights_for(self, ids: Any, round_: int | None = None) -> npt.NDArray[np.float32] | None:
         """CRAIG-style weights of `ids` from the current (or just previous) round, else 1.0.
 
-        None when the round is unweighted. The raw weights sum to N over a round; for a
-        loss, use weighted_mean (it normalises them within the batch).
+        round_: the round the batch came from, when known (`round_at`): its weights win for
+        ids that are in both rounds. None when the round is unweighted. The raw weights sum
+        to N over a round; for a loss, use weighted_mean (it normalises them in the batch).
         """
-        return lookup_weights(ids, (self._slice, self._previous))
+        pieces = (self._slice, self._previous)
+        if self._previous is not None and round_ == self._previous.round:
+            pieces = (self._previous, self._slice)
+        return lookup_weights(ids, pieces)
 
     def weighted_mean(self, ids: Any, losses: torch.Tensor) -> torch.Tensor:
         """The batch loss the round's weights call for: sum(w * loss) / sum(w), a scalar.

@@ -49,7 +49,10 @@ def lookup_weights(ids: Any, pieces: Iterable[IndexSlice | None]) -> npt.NDArray
 def normalized_weights(
     weights: npt.NDArray[np.float32] | None, like: torch.Tensor
 ) -> torch.Tensor | None:
-    """Weights as a tensor like `like` (device, float dtype), scaled to mean 1; None stays."""
+    """Weights as a tensor like `like` (device, float dtype), scaled to mean 1; None stays.
+
+    Scaled on the host before the copy, so that the step never waits on the device.
+    """
     if weights is None:
         return None
     if weights.shape[0] != like.shape[0]:
@@ -57,10 +60,10 @@ def normalized_weights(
             f"losses: {like.shape[0]} per-sample losses for {weights.shape[0]} ids; pass one "
             "loss per id (reduction='none'), in the order of the ids"
         )
+    total = float(weights.sum(dtype=np.float64))
+    scaled = weights * (weights.shape[0] / total) if total > 0 else np.ones_like(weights)
     dtype = like.dtype if like.is_floating_point() else torch.float32
-    tensor = torch.as_tensor(weights, dtype=dtype, device=like.device)
-    total = tensor.sum()
-    return tensor * (tensor.shape[0] / total) if float(total) > 0 else torch.ones_like(tensor)
+    return torch.as_tensor(scaled, dtype=dtype, device=like.device)
 
 
 def weighted_mean(losses: torch.Tensor, weights: npt.NDArray[np.float32] | None) -> torch.Tensor:
