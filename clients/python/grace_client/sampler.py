@@ -158,8 +158,10 @@ class CoresetSampler(Sampler[int]):
                     yielded, self._slice.round if switched and yielded else None
                 )
                 if switched:
-                    if yielded == 0:
+                    if yielded == 0:  # the epoch starts on the new round after all
                         self._epoch_start = (self._slice.round, 0)
+                        if target is not None:
+                            target = self._epoch_target = len(self._slice)
                     elif target is None:
                         self._epoch_done = True
                         return  # a mid-pass switch (step schedule) ends the epoch
