@@ -5,8 +5,8 @@
 
 About two minutes on a laptop CPU. The text is Debian's (WordNet glosses, the King James
 Bible, fortunes: `apt-get install wordnet-base bible-kjv fortunes`). What the trainer adds to
-an ordinary loop is three lines: a CoresetSampler in the DataLoader, `reporter.report(...)`
-after each step, and the sampler's state in the checkpoint.
+an ordinary loop is four lines: a CoresetSampler in the DataLoader, the round's weights in
+the loss, `reporter.report(...)` after each step, and the sampler's state in the checkpoint.
 
 Scoring is normally done by the Ray workers (`grace score`); so that this file runs alone,
 it also plays the worker: it scores the warm-up (every sample) once, and then every
@@ -179,6 +179,9 @@ class SampleIds(Dataset[int]):
 
 
 def to_weights(sampler: CoresetSampler, ids: list[int]) -> torch.Tensor | None:
+    """The round's weights of a batch (rounds are weighted by default): train_step trains on
+    sum(w * loss) / sum(w), the loss `sampler.weighted_mean(ids, losses)` gives a loop that
+    runs its own backward."""
     weights = sampler.weights_for(ids)
     return None if weights is None else torch.from_numpy(weights)
 

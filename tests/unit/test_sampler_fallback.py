@@ -61,12 +61,39 @@ def test_no_round_anywhere_fails_after_the_startup_timeout_with_the_fix() -> Non
     assert time.monotonic() - started < 5
 
 
-def test_a_service_that_has_not_published_yet_is_waited_for() -> None:
+def test_a_service_that_has_not_published_yet_is_waited_for_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     source = MemorySource({})
     source.latest = None
     threading.Timer(0.3, source.publish, args=(0, np.arange(6))).start()
-    sampler = make_sampler(source, startup_timeout=10)
+    with caplog.at_level(logging.WARNING, logger="grace_client"):
+        sampler = make_sampler(source, startup_timeout=10)
     assert sorted(sampler) == list(range(6))
+    waiting = [r for r in caplog.records if "waiting for a round to train on" in r.message]
+    assert len(waiting) == 1  # at once, then every 30 s: this wait was shorter
+    assert waiting[0].levelno == logging.WARNING  # seen without any logging configured
+    assert "no round is published yet" in waiting[0].message
+    assert "of up to 10s" in waiting[0].message
+    assert "POST /v1/jobs/job/rounds" in waiting[0].message
+    assert "round 0 is published; training starts after" in caplog.text
+
+
+def test_waiting_on_an_unreachable_service_says_why_every_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("grace_client.feed.WAIT_LOG_INTERVAL", 0.2)
+    source = MemorySource({})
+    source.up = False
+    with (
+        caplog.at_level(logging.WARNING, logger="grace_client"),
+        pytest.raises(RoundNotReadyError),
+    ):
+        make_sampler(source, startup_timeout=1.0)
+    waiting = [r.message for r in caplog.records if "waiting for a round" in r.message]
+    assert 2 <= len(waiting) <= 7  # at once, then about every 0.2 s of the 1 s
+    assert all("the service cannot be reached" in line for line in waiting)
+    assert all("nothing is cached" in line for line in waiting)
 
 
 def test_the_background_thread_prefetches_without_being_asked() -> None:

@@ -7,12 +7,15 @@ sampler against the real service is in tests/integration/test_client_service.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +24,7 @@ from grace_client.order import pass_order, slice_coreset
 from grace_client.payloads import sha256_of_sorted
 from grace_client.sampler import CoresetSampler
 from grace_client.schedule import RoundSchedule
+from grace_proto.models import RoundManifest, RoundStatus, SelectionConfigModel
 
 
 class MemorySource:
@@ -83,6 +87,31 @@ class MemorySource:
     def latest_cached(self, rank: int, world: int) -> IndexSlice | None:
         mine = [key for key in self.cache if key[1:] == (rank, world)]
         return self.cache[max(mine)] if mine else None
+
+    def fetch_manifest(self, round_: int) -> RoundManifest:
+        """The round's manifest as the service states it: churn against the previous round,
+        and as rescored share, round / 10 (a value each round has its own of)."""
+        if not self.up:
+            raise ServiceUnavailable("memory source is down", attempts=1)
+        coreset = self.coresets[round_]
+        before = [r for r in self.coresets if r < round_]
+        churn = None
+        if before:
+            previous = self.coresets[max(before)]
+            churn = float(np.setdiff1d(coreset, previous).shape[0] / coreset.shape[0])
+        return RoundManifest(
+            job_id="job",
+            round=round_,
+            status=RoundStatus.PUBLISHED,
+            count=int(coreset.shape[0]),
+            indices_sha256=sha256_of_sorted(coreset),
+            config=SelectionConfigModel(weighted=self.weighted),
+            seed=self.job_seed,
+            created_at=datetime.now(UTC),
+            weighted=self.weighted,
+            rescored_fraction=round_ / 10,
+            churn=churn,
+        )
 
 
 def make_sampler(
@@ -255,3 +284,57 @@ def test_weights_follow_the_ids() -> None:
     again = sampler.weights_for([8, 3])
     assert again is not None
     assert again.tolist() == [80.0, 30.0]  # the previous round still answers for batches in flight
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    picked=st.lists(st.integers(1, 19), min_size=1, max_size=12),
+    losses=st.lists(st.floats(0.0, 50.0), min_size=12, max_size=12),
+)
+def test_the_weighted_mean_is_the_weighted_loss_of_the_batch(
+    picked: list[int], losses: list[float]
+) -> None:
+    sampler = make_sampler(MemorySource({0: np.arange(1, 20)}, weighted=True))
+    per_sample = torch.tensor(losses[: len(picked)], dtype=torch.float64, requires_grad=True)
+    loss = sampler.weighted_mean(torch.tensor(picked), per_sample)  # ids as a DataLoader gives
+    w = np.asarray(picked, dtype=np.float64) * 10  # MemorySource: id i weighs 10 * i
+    expected = float((w * np.asarray(losses[: len(picked)])).sum() / w.sum())
+    assert loss.item() == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert per_sample.grad is not None
+    assert per_sample.grad.numpy() == pytest.approx(w / w.sum(), rel=1e-6)
+
+
+def test_the_weighted_mean_of_an_unweighted_round_is_the_mean() -> None:
+    sampler = make_sampler(MemorySource({0: np.arange(10)}))
+    per_sample = torch.tensor([1.0, 2.0, 6.0])
+    assert sampler.weighted_mean([4, 5, 6], per_sample).item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="3 per-sample losses for 2 ids"):
+        sampler.weighted_mean([4, 5], per_sample)
+
+
+class RoundWeighted(MemorySource):
+    """Weights that differ by round: id i weighs 10 * i + round."""
+
+    def make_slice(self, round_: int, rank: int, world: int) -> IndexSlice:
+        piece = super().make_slice(round_, rank, world)
+        weights = (piece.indices * 10 + round_).astype(np.float32)
+        return dataclasses.replace(piece, weights=weights)
+
+
+def test_a_batch_from_the_previous_round_gets_that_rounds_weights() -> None:
+    source = RoundWeighted({0: np.arange(10)})
+    sampler = make_sampler(source)
+    list(sampler)
+    source.publish(1, np.arange(5, 15))
+    sampler.poll()
+    list(sampler)
+    assert sampler.round == 1
+    for ids, round_, expected in (
+        ([6, 12], None, [61.0, 121.0]),  # the current round answers first
+        ([6, 2], 0, [60.0, 20.0]),  # a batch drawn before the switch: round 0's weights
+        ([6, 12], 1, [61.0, 121.0]),
+    ):
+        got = sampler.weights_for(ids, round_)
+        assert got is not None
+        assert got.tolist() == expected

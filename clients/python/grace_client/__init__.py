@@ -24,6 +24,7 @@ from grace_client.errors import (
     UnauthorizedError,
 )
 from grace_client.payloads import IndexSlice, Projection, RescorePlan
+from grace_client.ranks import LaunchError
 from grace_client.reporter import ReporterStats, ScoreReporter
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "GraceError",
     "IndexSlice",
     "IntegrityError",
+    "LaunchError",
     "NotFoundError",
     "Projection",
     "ReporterStats",

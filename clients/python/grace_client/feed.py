@@ -17,9 +17,11 @@ from typing import Protocol
 from grace_client.client import CoresetClient
 from grace_client.errors import GraceError, NotFoundError, RoundNotReadyError, ServiceUnavailable
 from grace_client.payloads import IndexSlice
-from grace_proto.models import RoundStatus
+from grace_proto.models import RoundManifest, RoundStatus
 
 log = logging.getLogger("grace_client")
+
+WAIT_LOG_INTERVAL = 30.0  # seconds between "still waiting" lines while there is no round
 
 
 class SliceSource(Protocol):
@@ -36,6 +38,9 @@ class SliceSource(Protocol):
 
     def latest_cached(self, rank: int, world: int) -> IndexSlice | None:
         """The newest slice in the local cache for (rank, world), or None."""
+
+    def fetch_manifest(self, round_: int) -> RoundManifest:
+        """A published round's manifest (from a local cache when there); raises GraceError."""
 
 
 class ClientSliceSource:
@@ -73,6 +78,9 @@ class ClientSliceSource:
     def latest_cached(self, rank: int, world: int) -> IndexSlice | None:
         return self.client.cache.latest_slice(self.job, rank, world)
 
+    def fetch_manifest(self, round_: int) -> RoundManifest:
+        return self.client.get_round(self.job, round_)
+
 
 class RoundFeed:
     """Ready slices of one (rank, world), fetched ahead by a background thread."""
@@ -92,6 +100,7 @@ class RoundFeed:
         self.poll_interval = poll_interval
         self.name = name
         self._ready: dict[int, IndexSlice] = {}
+        self._manifests: dict[int, RoundManifest] = {}
         self._wanted: set[int] = set()
         self._cond = threading.Condition()
         self._stop = False
@@ -120,10 +129,17 @@ class RoundFeed:
             self._wanted.add(round_)
             self._cond.notify_all()
 
+    def manifest(self, round_: int) -> RoundManifest | None:
+        """Round `round_`'s manifest if the background thread has fetched it (no network)."""
+        with self._cond:
+            return self._manifests.get(round_)
+
     def forget_below(self, round_: int) -> None:
         with self._cond:
             for old in [r for r in self._ready if r < round_]:
                 del self._ready[old]
+            for old in [r for r in self._manifests if r < round_]:
+                del self._manifests[old]
 
     @property
     def reachable(self) -> bool:
@@ -133,11 +149,15 @@ class RoundFeed:
 
     def initial_round(self, timeout: float) -> int:
         """The round to start on: the newest published one, or when the service cannot be
-        reached, the newest cached one (said loudly); waits up to `timeout` if neither exists.
+        reached, the newest cached one (said loudly); waits up to `timeout` if neither exists,
+        saying so at once and every WAIT_LOG_INTERVAL seconds.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         interval = 0.1
+        next_note, noted = started, False
         while True:
+            reason = "no round is published yet"
             try:
                 latest = self.source.latest_published()
                 self._set_reachable(True, None)
@@ -148,10 +168,19 @@ class RoundFeed:
                     self._keep(cached)
                     return cached.round
                 latest = None
+                reason = f"the service cannot be reached ({exc}) and nothing is cached"
                 self._set_reachable(False, None, exc)
             if latest is not None:
+                if noted:
+                    log.warning(
+                        "GRACE %s: round %d is published; training starts after %.0fs of waiting",
+                        self.name,
+                        latest,
+                        time.monotonic() - started,
+                    )
                 return latest
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise RoundNotReadyError(
                     f"{self.name}: no published round to train on after {timeout:.0f}s and "
                     "none in the local cache; publish round 0 (warm-up, then POST .../rounds) "
@@ -159,22 +188,52 @@ class RoundFeed:
                     round_="latest",
                     retry_after=interval,
                 )
+            if now >= next_note:
+                self._note_waiting(reason, now - started, timeout)
+                next_note, noted = now + WAIT_LOG_INTERVAL, True
             time.sleep(min(interval, max(deadline - time.monotonic(), 0.0)))
             interval = min(interval * 2, 5.0)
 
+    def _note_waiting(self, reason: str, waited: float, timeout: float) -> None:
+        # WARNING, not INFO: it must reach a user who configured no logging at all, since
+        # the alternative is a trainer that sits silent for up to `timeout` seconds.
+        log.warning(
+            "GRACE %s: waiting for a round to train on: %s (%.0fs of up to %.0fs). Round 0 is "
+            "published once the warm-up scores are in and POST /v1/jobs/%s/rounds asks for it "
+            "(or the job's auto-trigger does); startup_timeout= sets how long to wait",
+            self.name,
+            reason,
+            waited,
+            timeout,
+            self.name,
+        )
+
     def obtain(self, round_: int, timeout: float) -> IndexSlice:
         """The slice of `round_` from memory, disk or the service, retrying up to `timeout`."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, next_note = started + timeout, started
         while True:
             piece = self.ready(round_)
             if piece is not None:
                 return piece
             try:
                 piece = self.source.fetch_slice(round_, self.rank, self.world)
-            except ServiceUnavailable:
-                if time.monotonic() >= deadline:
+            except ServiceUnavailable as exc:
+                now = time.monotonic()
+                if now >= deadline:
                     raise
-                time.sleep(min(1.0, max(deadline - time.monotonic(), 0.0)))
+                if now >= next_note:
+                    log.warning(
+                        "GRACE %s: waiting for round %d's slice, which is not cached here: the "
+                        "service cannot be reached (%s); %.0fs of up to %.0fs",
+                        self.name,
+                        round_,
+                        exc,
+                        now - started,
+                        timeout,
+                    )
+                    next_note = now + WAIT_LOG_INTERVAL
+                time.sleep(min(1.0, max(deadline - now, 0.0)))
                 continue
             self._keep(piece)
             return piece
@@ -208,6 +267,7 @@ class RoundFeed:
             newest = self.newest_ready()
             if latest is not None and (newest is None or latest > newest):
                 self._fetch(latest)
+            self._fetch_manifests()
             self._set_reachable(True, self.newest_ready())
         except ServiceUnavailable as exc:
             self._set_reachable(False, self.newest_ready(), exc)
@@ -230,6 +290,15 @@ class RoundFeed:
             self._keep(self.source.fetch_slice(round_, self.rank, self.world))
         with self._cond:
             self._wanted.discard(round_)
+
+    def _fetch_manifests(self) -> None:
+        """Manifests of the rounds held, for what training reports (churn, rescored share)."""
+        with self._cond:
+            missing = [r for r in self._ready if r not in self._manifests]
+        for round_ in missing:
+            manifest = self.source.fetch_manifest(round_)
+            with self._cond:
+                self._manifests[round_] = manifest
 
     def _keep(self, piece: IndexSlice) -> None:
         with self._cond:

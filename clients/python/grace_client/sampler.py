@@ -5,7 +5,8 @@ The stream a rank yields is a pure function of (round data, seed, round, offset)
     element at `offset` of round r = slice_r[ pass_order(seed, r, offset // L)[offset % L] ]
 
 where slice_r is this rank's share of round r (the service's seeded slicing, API.md) and
-L = len(slice_r), equal on every rank. One epoch is one pass over the slice. At switch
+L = len(slice_r), equal on every rank. One epoch is one pass over the slice, or with
+`fixed_epochs`, the next L samples of the stream whatever round they come from. At switch
 points (RoundSchedule) the sampler moves to the newest round that every rank already has
 in hand, with offset 0; it never waits for the service during training. `state_dict()` is
 {job, round, offset, seed, world}; loading it continues with exactly the samples that
@@ -13,12 +14,14 @@ were still to come.
 
 With torch.distributed initialised, rank 0 decides (which round to start on, whether to
 switch) and broadcasts over a private gloo group, so every rank stays on the same round
-even while the service comes and goes.
+even while the service comes and goes. Without a process group, rank and world come from
+the launcher's RANK and WORLD_SIZE (ranks.py), or construction refuses with the fix.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,16 +32,20 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from grace_client.client import CoresetClient
+from grace_client.consensus import Consensus
 from grace_client.errors import GraceError
 from grace_client.feed import ClientSliceSource, RoundFeed, SliceSource
 from grace_client.order import pass_order
 from grace_client.payloads import IndexSlice
+from grace_client.ranks import resolve_ranks
+from grace_client.replay import Replay
 from grace_client.schedule import RoundSchedule
+from grace_client.weights import ids_array, lookup_weights, weighted_mean
+from grace_proto.models import RoundManifest
 
 log = logging.getLogger("grace_client")
 
 STATE_KEYS = ("job", "round", "offset", "seed", "world")
-_FAILED = -1
 _RUN = 4096  # samples converted to Python ints at a time
 
 
@@ -46,9 +53,14 @@ class CoresetSampler(Sampler[int]):
     """Yields this rank's sample ids of the current coreset round, round after round.
 
     source: a CoresetClient (or any SliceSource, e.g. for tests). job: the job id.
-    rank, world: this rank's place in the slicing; default: torch.distributed's, else 0, 1.
+    rank, world: this rank's place in the slicing; default: torch.distributed's, else the
+        launcher's RANK and WORLD_SIZE (torchrun, accelerate launch), else 0 and 1.
     seed: seeds each pass's shuffle (with the round and pass number).
     schedule: when to consider a newer round (default: at every epoch start).
+    fixed_epochs: every epoch yields exactly len(sampler) samples (the length at its
+        start), also when a step schedule switches rounds inside it; by default a mid-pass
+        switch ends the epoch. Loops that count steps per epoch (the Hugging Face Trainer)
+        need fixed epochs.
     start_round: start on this round instead of the newest published one.
     poll_interval: seconds between the background checks for a new round.
     startup_timeout: how long construction / load_state_dict may wait for the service.
@@ -72,27 +84,37 @@ class CoresetSampler(Sampler[int]):
         prefetch: bool = True,
         process_group: Any = None,
         consensus: bool = True,
+        fixed_epochs: bool = False,
     ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        self.world = world if world is not None else (dist.get_world_size() if distributed else 1)
-        if not (self.world >= 1 and 0 <= self.rank < self.world):
-            raise ValueError(f"rank, world: need 0 <= rank < world, got {self.rank}, {self.world}")
+        ranks = resolve_ranks(
+            rank,
+            world,
+            distributed=(dist.get_rank(), dist.get_world_size()) if distributed else None,
+            consensus=consensus,
+            env=os.environ,
+        )
+        self.rank, self.world = ranks.rank, ranks.world
         if seed < 0:
             raise ValueError(f"seed: must be >= 0, got {seed}")
         self.job = job
         self.seed = seed
         self.schedule = schedule or RoundSchedule()
+        self.fixed_epochs = fixed_epochs
         self.startup_timeout = startup_timeout
         slices = ClientSliceSource(source, job) if isinstance(source, CoresetClient) else source
         self._feed = RoundFeed(
             slices, rank=self.rank, world=self.world, poll_interval=poll_interval, name=job
         )
-        self._consensus = _Consensus(process_group if consensus else False)
+        self._consensus = Consensus(process_group if consensus else False)
         self._generation = 0
         self._orders: dict[tuple[int, int], npt.NDArray[np.int64]] = {}
         self._previous: IndexSlice | None = None
         self._epoch_start = (0, 0)
+        self._epoch_log = Replay()  # the decisions of the current epoch, for epoch_state_dict
+        self._epoch_done = False
+        self._epoch_target: int | None = None  # samples per epoch when fixed_epochs
+        self._replay: Replay | None = None  # decisions to repeat (load_state_dict)
         first = self._consensus.decide(
             lambda: (
                 self._feed.initial_round(startup_timeout) if start_round is None else start_round
@@ -116,24 +138,41 @@ class CoresetSampler(Sampler[int]):
     def _epoch(self, generation: int) -> Iterator[int]:
         yielded = 0
         self._epoch_start = (self._slice.round, self._offset)
+        self._epoch_log, self._epoch_done = Replay(), False
+        replay, self._replay = self._replay, None
+        target = len(self._slice) if self.fixed_epochs else None
+        self._epoch_target = target
         while generation == self._generation:
             length = len(self._slice)
             if length == 0:
                 return
-            if self._offset > 0 and self._offset % length == 0 and yielded > 0:
+            if target is not None and yielded >= target:
+                self._epoch_done = True
+                return
+            if target is None and self._offset > 0 and self._offset % length == 0 and yielded:
+                self._epoch_done = True
                 return  # one pass over the slice is one epoch
-            if self.schedule.is_switch_point(self._offset, length) and self._switch():
-                if yielded > 0:
-                    return  # a mid-pass switch (step schedule) ends the epoch
-                self._epoch_start = (self._slice.round, 0)
-                continue
-            # A run with no boundary inside: up to the pass end, the next switch point, or a
-            # chunk (so that a huge slice is never copied whole); ids come out as Python ints.
+            if self.schedule.is_switch_point(self._offset, length):
+                switched = self._decide_switch(yielded, replay)
+                self._epoch_log = self._epoch_log.decided(
+                    yielded, self._slice.round if switched and yielded else None
+                )
+                if switched:
+                    if yielded == 0:  # the epoch starts on the new round after all
+                        self._epoch_start = (self._slice.round, 0)
+                        if target is not None:
+                            target = self._epoch_target = len(self._slice)
+                    elif target is None:
+                        self._epoch_done = True
+                        return  # a mid-pass switch (step schedule) ends the epoch
+                    continue
+            # A run with no boundary inside: up to the pass end, the next switch point, the
+            # epoch's end or a chunk (so that a huge slice is never copied whole).
             offset = self._offset
             stop = min(
                 (offset // length + 1) * length,
                 self.schedule.next_switch_point(offset, length),
-                offset + _RUN,
+                offset + (_RUN if target is None else min(_RUN, target - yielded)),
             )
             for sample in self._run(offset, stop):
                 if generation != self._generation:
@@ -173,12 +212,30 @@ class CoresetSampler(Sampler[int]):
         For loops that fast-forward through an epoch themselves on resume (Hugging Face's
         Trainer skips the batches it already trained on): they need the epoch's start, or
         when the checkpoint falls exactly on an epoch boundary, the next epoch's start.
+        The start state carries "replay": the switch decisions this epoch has made so far
+        (a DataLoader reads ahead of training), so that fast-forwarding repeats them
+        exactly instead of asking the service again.
         """
         round_, offset = self._epoch_start
-        if completed and round_ == self._slice.round:
-            length = len(self._slice)
-            offset = (offset // length + 1) * length if length else 0
-        return {**self.state_dict(), "round": round_, "offset": offset}
+        if completed:
+            if self._epoch_done:
+                return self.state_dict()
+            if self._epoch_target is not None:
+                # L samples from the start, or from the last switch: a switch starts its round
+                # at offset 0 (and a DataLoader may not have asked past the last sample yet).
+                moves = sorted(self._epoch_log.switches.items())
+                if moves:
+                    round_, offset = moves[-1][1], self._epoch_target - moves[-1][0]
+                else:
+                    offset += self._epoch_target
+            elif round_ == self._slice.round:
+                length = len(self._slice)
+                offset = (offset // length + 1) * length if length else 0
+            return {**self.state_dict(), "round": round_, "offset": offset}
+        state = {**self.state_dict(), "round": round_, "offset": offset}
+        if self._epoch_log.decided_until > 0:
+            state["replay"] = self._epoch_log.to_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue exactly where `state` stood: same round, same offset, same seed."""
@@ -195,35 +252,61 @@ class CoresetSampler(Sampler[int]):
         offset, seed, round_ = int(state["offset"]), int(state["seed"]), int(state["round"])
         if offset < 0 or seed < 0 or round_ < 0:
             raise ValueError(f"state_dict: round/offset/seed must be >= 0, got {dict(state)}")
+        replay = Replay.from_dict(state["replay"], after=round_) if "replay" in state else None
         self._slice = self._obtain_everywhere(round_)
         self.seed = seed
         self._offset = offset
         self._epoch_start = (round_, offset)
+        self._replay = replay
         self._orders.clear()
         self._generation += 1  # an iterator handed out before the load stops here
 
     # -- weights -----------------------------------------------------------------------
 
-    def weights_for(self, ids: npt.ArrayLike) -> npt.NDArray[np.float32] | None:
+    def weights_for(self, ids: Any, round_: int | None = None) -> npt.NDArray[np.float32] | None:
         """CRAIG-style weights of `ids` from the current (or just previous) round, else 1.0.
 
-        None when the round is unweighted.
+        round_: the round the batch came from, when known (`round_at`): its weights win for
+        ids that are in both rounds. None when the round is unweighted. The raw weights sum
+        to N over a round; for a loss, use weighted_mean (it normalises them in the batch).
         """
-        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.ones(wanted.shape[0], dtype=np.float32)
-        found = np.zeros(wanted.shape[0], dtype=bool)
-        any_weights = False
-        for piece in (self._slice, self._previous):
-            if piece is None or piece.weights is None or len(piece) == 0:
-                continue
-            any_weights = True
-            order = np.argsort(piece.indices, kind="stable")
-            sorted_ids = piece.indices[order]
-            pos = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
-            hit = ~found & (sorted_ids[pos] == wanted)
-            out[hit] = piece.weights[order[pos[hit]]]
-            found |= hit
-        return out if any_weights else None
+        pieces = (self._slice, self._previous)
+        if self._previous is not None and round_ == self._previous.round:
+            pieces = (self._previous, self._slice)
+        return lookup_weights(ids, pieces)
+
+    def weighted_mean(self, ids: Any, losses: torch.Tensor) -> torch.Tensor:
+        """The batch loss the round's weights call for: sum(w * loss) / sum(w), a scalar.
+
+        ids: the batch's sample ids (B,), as the sampler yielded them (list, array or
+        tensor); losses: their per-sample losses (B,), with grad. The plain mean when the
+        round is unweighted. Use it in place of `losses.mean()`.
+        """
+        wanted = ids_array(ids)
+        if wanted.shape[0] != losses.numel():
+            raise ValueError(
+                f"losses: {losses.numel()} per-sample losses for {wanted.shape[0]} ids; pass "
+                "one loss per id (reduction='none'), in the order of the ids"
+            )
+        return weighted_mean(losses, self.weights_for(wanted))
+
+    def round_manifest(self, round_: int | None = None) -> RoundManifest | None:
+        """A round's manifest (count, churn, rescored share) once the background thread has
+        fetched it; default: the current round's. Never a request."""
+        return self._feed.manifest(self._slice.round if round_ is None else round_)
+
+    def round_at(self, position: int) -> int:
+        """The round of the sample `position` samples into the current epoch.
+
+        A DataLoader reads ahead, so `round` may already name a round the training loop has
+        not reached; a loop that counts the samples it trained this epoch asks this instead.
+        """
+        round_ = self._epoch_start[0]
+        for switched_at, moved_to in sorted(self._epoch_log.switches.items()):
+            if switched_at > position:
+                break
+            round_ = moved_to
+        return round_
 
     def poll(self) -> None:
         """Look for a newer round now (the background thread does this every poll_interval)."""
@@ -253,6 +336,20 @@ class CoresetSampler(Sampler[int]):
         ids: list[int] = self._slice.indices[positions].tolist()
         return ids
 
+    def _decide_switch(self, position: int, replay: Replay | None) -> bool:
+        """At a switch point `position` samples into the epoch: move to a newer round?
+
+        While a loaded replay covers the position, its recorded decision is repeated (the
+        same on every rank, since all load the same state); otherwise rank 0 decides.
+        """
+        if replay is not None and position < replay.decided_until:
+            target = replay.switches.get(position)
+            if target is None or target <= self._slice.round:
+                return False
+            self._move_to(self._obtain_everywhere(target))
+            return True
+        return self._switch()
+
     def _switch(self) -> bool:
         """Move to the newest round every rank holds, if it is newer; never blocks on HTTP."""
         current = self._slice.round
@@ -264,6 +361,11 @@ class CoresetSampler(Sampler[int]):
             self._feed.want(newest)
         if not self._consensus.all_true(piece is not None) or piece is None:
             return False
+        self._move_to(piece)
+        return True
+
+    def _move_to(self, piece: IndexSlice) -> None:
+        current = self._slice.round
         self._previous, self._slice, self._offset = self._slice, piece, 0
         self._orders.clear()
         self._feed.forget_below(current)
@@ -272,10 +374,9 @@ class CoresetSampler(Sampler[int]):
             self.job,
             self.rank,
             current,
-            newest,
+            piece.round,
             len(piece),
         )
-        return True
 
     def _obtain_everywhere(self, round_: int) -> IndexSlice:
         """This rank's slice of `round_` (blocking), raising on every rank if any rank fails."""
@@ -291,48 +392,3 @@ class CoresetSampler(Sampler[int]):
                 f"(this rank {self.rank}: {error or 'ok'}); is the service reachable?"
             ) from error
         return piece
-
-
-class _Consensus:
-    """Rank 0 of a group decides and broadcasts; without torch.distributed, a pass-through."""
-
-    def __init__(self, group: Any) -> None:
-        self.group: Any = None
-        self.active = False
-        if group is False or not (dist.is_available() and dist.is_initialized()):
-            return
-        if dist.get_world_size() <= 1 and group is None:
-            return
-        # A private gloo group: CPU tensors whatever the training backend is, and sampler
-        # collectives can never interleave with the model's NCCL collectives.
-        self.group = group if group is not None else dist.new_group(backend="gloo")
-        self.active = dist.get_world_size(self.group) > 1
-        self._src = dist.get_global_rank(self.group, 0) if self.active else 0
-        self._is_root = dist.get_rank(self.group) == 0 if self.active else True
-
-    def decide(self, choose: Any, *, what: str) -> int:
-        """The value rank 0's `choose()` returns, on every rank (errors raise on every rank)."""
-        if not self.active:
-            return int(choose())
-        value = _FAILED
-        error: Exception | None = None
-        if self._is_root:
-            try:
-                value = int(choose())
-            except Exception as exc:
-                error = exc
-        box = torch.tensor([value], dtype=torch.int64)
-        dist.broadcast(box, src=self._src, group=self.group)
-        decided = int(box.item())
-        if decided == _FAILED:
-            if error is not None:
-                raise error
-            raise GraceError(f"rank 0 could not {what or 'decide'}; see its log")
-        return decided
-
-    def all_true(self, flag: bool) -> bool:
-        if not self.active:
-            return flag
-        box = torch.tensor([1 if flag else 0], dtype=torch.int64)
-        dist.all_reduce(box, op=dist.ReduceOp.MIN, group=self.group)
-        return bool(box.item())
