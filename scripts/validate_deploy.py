@@ -44,7 +44,9 @@ CONTRACT_SETTINGS = (
     "GRACE_TOKEN",
     "GRACE_READS_REQUIRE_TOKEN",
     "GRACE_MAX_BODY_BYTES",
+    "GRACE_MAX_JOB_BYTES",
     "GRACE_INDEX",
+    "GRACE_ROUND_NICE",
     "GRACE_LOG_LEVEL",
 )
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}

@@ -24,6 +24,7 @@ from grace_selection.adapters.store_records import StateSnapshot
 from grace_selection.core.coreset import sha256_of_indices
 from grace_selection.service.jobs import Job
 from grace_selection.service.lifecycle import get_utc_now
+from grace_selection.service.resources import release_free_memory
 from grace_selection.service.round_step import step_round
 from grace_selection.service.rounds import measure_churn
 
@@ -93,6 +94,7 @@ def after_publish(job: Job, store: ScoreStore, r: int) -> None:
         compact_if_due(job, store)
     except Exception:
         log.exception("could not compact the log of job %s; replay will take longer", job.job_id)
+    release_free_memory()  # the round's working copies and a replaced index
 
 
 def is_compaction_due(job: Job, factor: float = 1.0) -> bool:
