@@ -298,6 +298,7 @@ def test_merged_batches_keep_each_sample_once_with_its_last_values() -> None:
 
     parts = [batch([1, 2], [0.1, 0.2], 3), batch([2, 3], [0.5, 0.6], 4)]
     merged = merge_batches(parts, prefix="p")
+    assert merged.loss is not None
     assert dict(zip(merged.ids.tolist(), merged.loss.tolist(), strict=True)) == pytest.approx(
         {1: 0.1, 2: 0.5, 3: 0.6}
     )
