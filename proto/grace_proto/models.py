@@ -162,7 +162,10 @@ class RoundManifest(_Model):
     published_at: datetime | None = None
     weighted: bool = False
     rescore_count: int = 0
-    rescored_fraction: float = 0.0
+    rescored_fraction: float = Field(0.0, description="share of samples scored fresh for it")
+    estimated_fraction: float | None = Field(
+        None, description="share of samples whose importance was estimated from neighbours"
+    )
     churn: float | None = Field(None, description="share of this coreset not in the previous one")
     timings: RoundTimings = RoundTimings()
     error: str | None = None

@@ -27,6 +27,7 @@ from grace_selection.api.limits import BodyLimit
 from grace_selection.api.metrics import RequestTimer, ServiceMetrics
 from grace_selection.api.routes import health, ingest, inspection, jobs, rounds
 from grace_selection.dashboard.router import create_dashboard_router
+from grace_selection.service.gauges import JobGauges
 from grace_selection.service.graph_keeper import IndexFactory
 from grace_selection.service.registry import SelectionService
 from grace_selection.service.resources import fix_mmap_threshold
@@ -93,7 +94,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         service = metrics_holder.get("service")
         return 0 if service is None else service.job_count()
 
-    metrics = ServiceMetrics(job_count)
+    def job_gauges() -> tuple[list[JobGauges], int]:
+        service = metrics_holder.get("service")
+        return ([], 0) if service is None else service.gauges()
+
+    metrics = ServiceMetrics(job_count, job_gauges)
     app = FastAPI(
         title=TITLE,
         version=__version__,

@@ -42,6 +42,7 @@ from grace_selection.service.errors import (
     UnknownRoundError,
 )
 from grace_selection.service.events import NoEvents, ServiceEvents
+from grace_selection.service.gauges import JobGauges, describe_gauges
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_selection.service.inspection import describe_round, describe_sample, project
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
@@ -157,6 +158,14 @@ class SelectionService:
 
     def job_count(self) -> int:
         return len(self._jobs)
+
+    def gauges(self) -> tuple[list[JobGauges], int]:
+        """(the newest round's gauges of each job that has one, jobs that failed to load);
+        no I/O, so /metrics can read it on the event loop."""
+        with self._jobs_lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.job_id)
+            failed = len(self._failed)
+        return [g for g in map(describe_gauges, jobs) if g is not None], failed
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._loaded.wait(timeout)

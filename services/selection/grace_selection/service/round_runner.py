@@ -59,6 +59,7 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
             "weighted": coreset.weights is not None,
             "rescore_count": int(result.rescore_plan.size),
             "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
+            "estimated_fraction": float(np.count_nonzero(result.estimated)) / max(job.spec.n, 1),
             "churn": measure_churn(previous, coreset.indices),
             "timings": RoundTimings(
                 graph_seconds=outcome.graph_seconds,
