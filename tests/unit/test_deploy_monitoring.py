@@ -23,17 +23,20 @@ DASHBOARDS = checks.grafana_dashboards()
 
 def monitor() -> dict[str, Any]:
     (resource,) = checks.load_yaml_documents(MONITOR_FILE)
-    return resource
+    found: dict[str, Any] = resource
+    return found
 
 
 @pytest.fixture(scope="module")
 def metrics() -> dict[str, tuple[str, ...]]:
-    return checks.exposed_metrics()
+    exposed: dict[str, tuple[str, ...]] = checks.exposed_metrics()
+    return exposed
 
 
 @pytest.fixture(scope="module")
 def routes() -> set[str]:
-    return checks.app_route_templates()
+    templates: set[str] = checks.app_route_templates()
+    return templates
 
 
 def test_service_monitor_is_valid_against_the_operator_fields() -> None:

@@ -10,12 +10,24 @@ from fastapi.concurrency import run_in_threadpool
 from grace_proto.frames import MEDIA_TYPE
 from grace_proto.models import ErrorResponse, SampleResponse
 from grace_selection.api.auth import READ
-from grace_selection.api.deps import JobId, Service, describe_binary_answer, make_json_response
+from grace_selection.api.deps import (
+    FAILED_JOB,
+    UNAUTHORIZED,
+    JobId,
+    Service,
+    describe_binary_answer,
+    make_json_response,
+)
 
 router = APIRouter(
     tags=["inspection"],
     dependencies=READ,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        **UNAUTHORIZED,
+        **FAILED_JOB,
+    },
 )
 
 
