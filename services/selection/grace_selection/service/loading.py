@@ -64,5 +64,5 @@ def load_job(store: ScoreStore, spec: JobSpec, keeper: GraphKeeper) -> Job:
 
 def describe_failure(exc: BaseException) -> str:
     """One line for /readyz and the job list (the traceback is in the log)."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = " ".join(str(exc).split())  # pydantic's messages span lines
     return f"{type(exc).__name__}: {text}"[:500]
