@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from grace_proto.frames import MEDIA_TYPE, encode_frame
 from grace_selection.service.sizing import default_job_limit, read_memory_bytes
@@ -23,7 +25,10 @@ FRAME = {"content-type": MEDIA_TYPE}
 
 
 def one_row(dim: int, batch_id: str) -> bytes:
-    arrays = {"ids": np.array([0], np.int64), "embeddings": np.ones((1, dim), np.float32)}
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "ids": np.array([0], np.int64),
+        "embeddings": np.ones((1, dim), np.float32),
+    }
     return encode_frame({"batch_id": batch_id, "round": 0}, arrays)
 
 

@@ -51,9 +51,8 @@ from grace_selection.service.loading import FailedJob, describe_failure, load_jo
 from grace_selection.service.resources import lower_thread_priority
 from grace_selection.service.round_runner import (
     after_publish,
-    compact_if_due,
     describe,
-    is_compaction_due,
+    queue_compaction,
     run_round,
 )
 from grace_selection.service.rounds import Body, encode_rescore
@@ -278,19 +277,7 @@ class SelectionService:
     def _maybe_compact(self, job: Job) -> None:
         """Rounds compact the log after publishing; a job ingesting for long without rounds is
         compacted from here, on the round thread (so never while a round computes)."""
-        if job.compaction_queued or not is_compaction_due(job, factor=2.0):
-            return
-        job.compaction_queued = True
-
-        def compact() -> None:
-            try:
-                compact_if_due(job, self.store)
-            except Exception:
-                log.exception("could not compact the log of job %s", job.job_id)
-            finally:
-                job.compaction_queued = False
-
-        self._rounds.submit(compact)
+        queue_compaction(job, self.store, self._rounds)
 
     def _maybe_auto_round(self, job: Job) -> None:
         fraction = job.spec.request.auto_round_fraction

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,24 @@ def compact_if_due(job: Job, store: ScoreStore, *, force: bool = False) -> bool:
     store.write_snapshot(job.job_id, StateSnapshot(seq, arrays))
     log.info("compacted job %s through log seq %d", job.job_id, seq)
     return True
+
+
+def queue_compaction(job: Job, store: ScoreStore, executor: Executor) -> None:
+    """Compact on `executor` (the round thread) once the log has outgrown twice the state;
+    at most one compaction of a job is queued at a time."""
+    if job.compaction_queued or not is_compaction_due(job, factor=2.0):
+        return
+    job.compaction_queued = True
+
+    def compact() -> None:
+        try:
+            compact_if_due(job, store)
+        except Exception:
+            log.exception("could not compact the log of job %s", job.job_id)
+        finally:
+            job.compaction_queued = False
+
+    executor.submit(compact)
 
 
 def describe(manifest: RoundManifest) -> str:
