@@ -459,8 +459,29 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{c['round_every']} s, {r['seconds']:.0f} s, store {c['store']}, index {c['index']}. "
         f"Machine: {m['cpus']} CPUs, load average {m['load_before']} before / "
         f"{m['load_after']} after.\n\n"
-        "| measurement | value | goal |\n|---|---|---|\n" + table + "\n"
+        "| measurement | value | goal |\n|---|---|---|\n" + table + "\n" + _NOTES
     )
+
+
+_NOTES = """
+## How to read it
+
+- **Readers** are 16 keep-alive connections, ranks 0..15 of world 16, each asking for
+  `rounds/latest/indices` as soon as the previous answer arrived (a minimal asyncio client in
+  the benchmark's process). "While a round computes" counts reads answered between a round's
+  `created_at` and `published_at`.
+- **Producers** are 4 processes posting batches of trainer losses; every 4th batch re-embeds
+  its ids (drift), so that each round repairs or rebuilds the k-NN graph.
+- **RSS** is the service process's resident memory (psutil): at the start of the load (round 0
+  published), and at the end once the round the load left computing is published: a round in
+  flight holds its working set (a rebuild's second index and copies), which is not drift.
+  `rss_mb_at_stop` and the series in the JSON show it.
+- The machine has 2 cores shared with other work (see the load averages): the latency tail
+  stretches with that load, and rounds run at a lower CPU priority than serving
+  (`GRACE_ROUND_NICE`), so under outside load they take longer.
+- `docs/results/load_before.json` is this command on the code before issue 14's changes;
+  docs/operations.md ("Reads while a round computes") sets the two side by side.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
