@@ -532,8 +532,11 @@ def test_reporter_delivers_every_report_once_through_an_outage(
             frame = decode_frame(request.body)
             batch_id = str(frame.meta["batch_id"])
             duplicate = batch_id in applied
-            applied.setdefault(batch_id, frame.array("ids", "<i8", 1).tolist())
-        answer = {"batch_id": batch_id, "accepted": 0 if duplicate else 2, "duplicate": duplicate}
+            ids = frame.array("ids", "<i8", 1).tolist()
+            applied.setdefault(batch_id, ids)
+        # Like the service: the samples of this batch (the backlog may come merged).
+        accepted = 0 if duplicate else len(ids)
+        answer = {"batch_id": batch_id, "accepted": accepted, "duplicate": duplicate}
         return json_reply(200, answer)
 
     service.route("POST", "/v1/jobs/job-a/scores", ingest)
