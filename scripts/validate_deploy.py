@@ -8,7 +8,9 @@ Each `check_*` function returns a list of problems (empty when all is well), so 
 show exactly which rule broke. Nothing here needs a Docker engine, a cluster or the network:
 Compose is checked by Debian's `docker-compose config` and the compose-spec JSON schema that
 check-jsonschema ships, the Ray file by Ray's own schema and config preparation, Kubernetes
-manifests by the schemas kubernetes-validate ships, Dockerfiles by hadolint.
+manifests by the schemas kubernetes-validate ships, Dockerfiles by hadolint, the ServiceMonitor
+by the prometheus-operator fields written down in scripts/schemas/, and the Grafana dashboard
+by its shape and by its queries against the series the service really exposes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ ENV_EXAMPLE = REPO / ".env.example"
 DOCKER_DIR = REPO / "deploy" / "docker"
 RAY_CLUSTER_FILE = REPO / "deploy" / "ray" / "cluster.yaml"
 K8S_DIR = REPO / "deploy" / "k8s"
+GRAFANA_DIR = REPO / "deploy" / "grafana"
+SERVICE_MONITOR_SCHEMA = REPO / "scripts" / "schemas" / "servicemonitor-v1.json"
 KUBERNETES_VERSION = "1.37"
 # The names of issue 3's settings, used only if the settings module cannot be imported.
 CONTRACT_SETTINGS = (
@@ -44,7 +48,9 @@ CONTRACT_SETTINGS = (
     "GRACE_TOKEN",
     "GRACE_READS_REQUIRE_TOKEN",
     "GRACE_MAX_BODY_BYTES",
+    "GRACE_MAX_JOB_BYTES",
     "GRACE_INDEX",
+    "GRACE_ROUND_NICE",
     "GRACE_LOG_LEVEL",
 )
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
@@ -352,6 +358,116 @@ def check_kustomization() -> list[str]:
     return problems
 
 
+# --- Monitoring: the ServiceMonitor and the Grafana dashboard -----------------------------------
+
+
+def check_service_monitor(resource: dict[str, Any]) -> list[str]:
+    """A ServiceMonitor against the prometheus-operator fields written down in
+    scripts/schemas/servicemonitor-v1.json (the CRD is not among kubernetes-validate's)."""
+    import jsonschema
+
+    schema = json.loads(SERVICE_MONITOR_SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"ServiceMonitor: {'.'.join(str(part) for part in error.absolute_path) or '(top)'}: "
+        f"{error.message}"
+        for error in validator.iter_errors(resource)
+    ]
+
+
+def exposed_metrics() -> dict[str, tuple[str, ...]]:
+    """Every series name the service exposes (histograms' _bucket/_sum/_count, counters'
+    _total) -> its label names, from the service's own registry with one job in it."""
+    from prometheus_client import Counter, Histogram
+
+    from grace_selection.api.metrics import ServiceMetrics
+    from grace_selection.service.gauges import JobGauges, StratumGauge
+
+    one_job = JobGauges("j", 1, 10, 0.5, 0.3, 0.7, {"total": 1.0}, (StratumGauge(0, "a", 1, 1),))
+    metrics = ServiceMetrics(job_count=lambda: 1, gauges=lambda: ([one_job], 0))
+    series: dict[str, tuple[str, ...]] = {}
+    for value in vars(metrics).values():
+        labels = tuple(getattr(value, "_labelnames", ()))
+        if isinstance(value, Counter):
+            series[f"{value._name}_total"] = labels
+        elif isinstance(value, Histogram):
+            series[f"{value._name}_bucket"] = (*labels, "le")
+            series[f"{value._name}_sum"] = series[f"{value._name}_count"] = labels
+    for family in metrics.registry.collect():
+        for sample in family.samples:  # gauges, including the per-job ones
+            series.setdefault(sample.name, tuple(sample.labels))
+    return series
+
+
+def app_route_templates() -> set[str]:
+    from grace_selection.api.app import create_app
+    from grace_selection.settings import ServiceSettings
+
+    app = create_app(ServiceSettings.model_construct())
+    return set(app.openapi()["paths"])  # the route templates, as the request timer labels them
+
+
+def grafana_dashboards() -> list[Path]:
+    return sorted(GRAFANA_DIR.glob("*.json"))
+
+
+_SELECTOR = re.compile(r'\b(grace_[a-z_]+)\b(\{(?:[^}"]|"[^"]*")*\})?')  # "{...}" in values
+_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+_PANEL_TYPES = frozenset({"stat", "timeseries", "gauge", "bargauge", "table", "text", "row"})
+
+
+def check_grafana_dashboard(
+    dashboard: dict[str, Any], metrics: Mapping[str, tuple[str, ...]], routes: set[str]
+) -> list[str]:
+    """The dashboard's shape (what Grafana needs to import it) and its queries: every metric
+    exists with the labels used, every `route` matched exactly is a route of the service."""
+    problems = [f"missing {key}" for key in ("title", "uid", "panels") if not dashboard.get(key)]
+    if not isinstance(dashboard.get("schemaVersion"), int):
+        problems.append("schemaVersion must be an integer")
+    variables = {v.get("name"): v for v in dashboard.get("templating", {}).get("list", [])}
+    source = variables.get("datasource", {})
+    if (source.get("type"), source.get("query")) != ("datasource", "prometheus"):
+        problems.append("needs a `datasource` variable of type datasource, query prometheus")
+    ids: set[int] = set()
+    for panel in dashboard.get("panels", []):
+        name = f"panel {panel.get('id')} ({panel.get('title')})"
+        if panel.get("id") in ids or not isinstance(panel.get("id"), int):
+            problems.append(f"{name}: ids must be unique integers")
+        ids.add(panel.get("id"))
+        if panel.get("type") not in _PANEL_TYPES:
+            problems.append(f"{name}: unknown panel type {panel.get('type')!r}")
+        grid = panel.get("gridPos", {})
+        if not all(isinstance(grid.get(k), int) for k in "xywh") or grid["x"] + grid["w"] > 24:
+            problems.append(f"{name}: gridPos needs integer x, y, w, h within 24 columns")
+        if panel.get("datasource", {}).get("uid") != "${datasource}":
+            problems.append(f"{name}: datasource must be the ${{datasource}} variable")
+        for target in panel.get("targets", []):
+            problems += [
+                f"{name}: {p}" for p in _check_query(target.get("expr", ""), metrics, routes)
+            ]
+    return problems
+
+
+def _check_query(expr: str, metrics: Mapping[str, tuple[str, ...]], routes: set[str]) -> list[str]:
+    problems = []
+    for opening, closing in ("()", "{}", "[]"):
+        if expr.count(opening) != expr.count(closing):
+            problems.append(f"unbalanced {opening}{closing} in {expr!r}")
+    found = _SELECTOR.findall(expr)
+    if not found:
+        problems.append(f"no grace_ metric in {expr!r}")
+    for metric, selector in found:
+        if metric not in metrics:
+            problems.append(f"{metric} is not a series the service exposes")
+            continue
+        for label, operator, value in _MATCHER.findall(selector):
+            if label not in metrics[metric]:
+                problems.append(f"{metric} has no label {label!r}")
+            if label == "route" and operator == "=" and value not in routes:
+                problems.append(f"route {value!r} is not a route of the service")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", type=Path, help="check Compose with this .env (yours)")
@@ -371,13 +487,21 @@ def main(argv: list[str] | None = None) -> int:
     problems += [f"k8s: {p}" for p in check_kustomization()]
     for path in k8s_manifests():
         for resource in load_yaml_documents(path):
-            if resource.get("kind") == "RayCluster":
+            if resource.get("kind") == "ServiceMonitor":
+                problems += [f"{path.name}: {p}" for p in check_service_monitor(resource)]
+            elif resource.get("kind") == "RayCluster":
                 spec = resource["spec"]
                 groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
                 for group in groups:
                     problems += [f"{path.name}: {p}" for p in check_pod_template(group["template"])]
             else:
                 problems += [f"{path.name}: {p}" for p in check_k8s_resource(resource)]
+    metrics, routes = exposed_metrics(), app_route_templates()
+    for path in grafana_dashboards():
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        problems += [
+            f"{path.name}: {p}" for p in check_grafana_dashboard(dashboard, metrics, routes)
+        ]
     for problem in problems:
         print(problem)
     print("deployment files: ok" if not problems else f"{len(problems)} problem(s)")

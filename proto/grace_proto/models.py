@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from grace_proto.names import EstimationRule, ScoreSourceName, SelectorName
 
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+INT64_MAX = 2**63 - 1
+# A sample id as JSON carries it: any integer an int64 holds (the job's range is checked later).
+SampleId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 class _Model(BaseModel):
@@ -72,6 +75,10 @@ class JobStatus(StrEnum):
 
 class JobResponse(_Model):
     job_id: str
+    incarnation: str = Field(
+        description="names this job's life: a job deleted and created again under the same "
+        "id, or created on a fresh service, has another (clients key their caches by it)"
+    )
     n_samples: int
     dim: int
     config: SelectionConfigModel
@@ -87,8 +94,18 @@ class JobResponse(_Model):
     text_source: str | None = None
 
 
+class FailedJobResponse(_Model):
+    """A stored job that could not be loaded at start-up: it serves nothing until deleted."""
+
+    job_id: str
+    error: str = Field(description="why it failed to load")
+
+
 class JobListResponse(_Model):
     jobs: list[JobResponse]
+    failed: list[FailedJobResponse] = Field(
+        default_factory=list, description="stored jobs that failed to load; DELETE removes them"
+    )
 
 
 class ScoreBatchRequest(_Model):
@@ -98,7 +115,7 @@ class ScoreBatchRequest(_Model):
     source: ScoreSourceName
     round: int = Field(ge=0)
     step: int = Field(0, ge=0)
-    ids: list[int] = Field(min_length=1, max_length=100_000)
+    ids: list[SampleId] = Field(min_length=1, max_length=100_000)
     loss: list[float] | None = None
     importance: list[float] | None = None
 
@@ -129,6 +146,11 @@ class RoundTimings(_Model):
 
 class RoundManifest(_Model):
     job_id: str
+    job_incarnation: str | None = Field(
+        None,
+        description="the job's incarnation (JobResponse); null in rounds published "
+        "before the service recorded it",
+    )
     round: int
     status: RoundStatus
     count: int = 0
@@ -140,7 +162,10 @@ class RoundManifest(_Model):
     published_at: datetime | None = None
     weighted: bool = False
     rescore_count: int = 0
-    rescored_fraction: float = 0.0
+    rescored_fraction: float = Field(0.0, description="share of samples scored fresh for it")
+    estimated_fraction: float | None = Field(
+        None, description="share of samples whose importance was estimated from neighbours"
+    )
     churn: float | None = Field(None, description="share of this coreset not in the previous one")
     timings: RoundTimings = RoundTimings()
     error: str | None = None
@@ -157,6 +182,7 @@ class IndicesResponse(_Model):
     weights: list[float] | None = None
     total: int = Field(description="coreset size before slicing")
     indices_sha256: str
+    job_incarnation: str | None = Field(None, description="the job's incarnation")
 
 
 class RescorePlanResponse(_Model):

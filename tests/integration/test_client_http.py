@@ -162,6 +162,7 @@ def make_client(url: str, tmp_path: Path, **options: Any) -> CoresetClient:
 
 JOB = {
     "job_id": "job-a",
+    "incarnation": "inc-a",
     "n_samples": 100,
     "dim": 8,
     "config": {},
@@ -313,8 +314,32 @@ def test_a_read_timeout_is_retried(service: ScriptedService, tmp_path: Path) -> 
         assert client.get_job("job-a").job_id == "job-a"
 
 
+def _manifest_reply(
+    round_: int, *, sha: str | None = None, status: str = "published", incarnation: str = "inc-a"
+) -> Reply:
+    manifest = {
+        "job_id": "job-a",
+        "job_incarnation": incarnation,
+        "round": round_,
+        "status": status,
+        "count": 4,
+        "indices_sha256": sha,
+        "config": {},
+        "seed": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+    }
+    return json_reply(200, manifest)
+
+
 def _indices_reply(
-    ids: np.ndarray, *, round_: int, rank: int, world: int, total: int, sha: str
+    ids: np.ndarray,
+    *,
+    round_: int,
+    rank: int,
+    world: int,
+    total: int,
+    sha: str,
+    incarnation: str = "inc-a",
 ) -> Reply:
     meta = {
         "job_id": "job-a",
@@ -323,6 +348,7 @@ def _indices_reply(
         "world": world,
         "total": total,
         "indices_sha256": sha,
+        "job_incarnation": incarnation,
     }
     weights = np.full(ids.shape[0], 2.0, dtype=np.float32)
     return Reply(
@@ -338,6 +364,11 @@ def test_indices_arrive_as_frames_and_are_cached_on_disk(
     path = "/v1/jobs/job-a/rounds/2/indices"
     service.route(
         "GET",
+        "/v1/jobs/job-a/rounds/2",
+        [_manifest_reply(2, status="computing"), _manifest_reply(2, sha=sha)],
+    )
+    service.route(
+        "GET",
         path,
         [
             json_reply(202, {}, **{"Retry-After": "0.2"}),
@@ -350,15 +381,52 @@ def test_indices_arrive_as_frames_and_are_cached_on_disk(
         assert piece.weights is not None
         assert piece.weights.tolist() == [2.0] * 4
         assert service.calls("GET", path)[0].query == {"rank": "0", "world": "1", "format": "bin"}
-    # A new client (a restarted trainer) reads the published round from disk.
+    # A new client (a restarted trainer) reads the published round from disk, once the
+    # server's manifest vouches for it (same incarnation, same sha256).
     with make_client(service.url, tmp_path) as again:
         np.testing.assert_array_equal(again.get_indices("job-a", 2).indices, ids)
     assert len(service.calls("GET", path)) == 2  # the 202 and the one real answer
 
 
+def test_a_cached_slice_of_another_incarnation_is_not_served(
+    service: ScriptedService, tmp_path: Path
+) -> None:
+    """The job was deleted and created again: its round 0 is another coreset."""
+    old, new = np.array([1, 2, 3], dtype=np.int64), np.array([4, 5, 6], dtype=np.int64)
+    manifest, indices = "/v1/jobs/job-a/rounds/0", "/v1/jobs/job-a/rounds/0/indices"
+    old_sha, new_sha = sha256_of_sorted(old), sha256_of_sorted(new)
+    service.route("GET", manifest, [_manifest_reply(0, sha=old_sha, incarnation="first")])
+    service.route(
+        "GET",
+        indices,
+        [_indices_reply(old, round_=0, rank=0, world=1, total=3, sha=old_sha, incarnation="first")],
+    )
+    with make_client(service.url, tmp_path) as client:
+        np.testing.assert_array_equal(client.get_indices("job-a", 0).indices, old)
+    service.route("GET", manifest, [_manifest_reply(0, sha=new_sha, incarnation="second")])
+    service.route(
+        "GET",
+        indices,
+        [
+            _indices_reply(
+                new, round_=0, rank=0, world=1, total=3, sha=new_sha, incarnation="second"
+            )
+        ],
+    )
+    with make_client(service.url, tmp_path) as client:
+        assert client.wait_for_round("job-a", 0, timeout=5).indices_sha256 == new_sha
+        np.testing.assert_array_equal(client.get_indices("job-a", 0).indices, new)
+    # Offline, the cache serves the incarnation the server named last, never the old one.
+    service.stop()
+    with make_client(service.url, tmp_path, retries=0) as client:
+        np.testing.assert_array_equal(client.get_indices("job-a", 0).indices, new)
+        assert client.get_round("job-a", 0).job_incarnation == "second"
+
+
 def test_indices_still_computing_raises_round_not_ready(
     service: ScriptedService, tmp_path: Path
 ) -> None:
+    service.route("GET", "/v1/jobs/job-a/rounds/4", [_manifest_reply(4, status="computing")])
     service.route(
         "GET", "/v1/jobs/job-a/rounds/4/indices", [json_reply(202, {}, **{"Retry-After": "0.1"})]
     )
@@ -371,6 +439,8 @@ def test_indices_that_do_not_match_their_sha_are_refused(
     service: ScriptedService, tmp_path: Path
 ) -> None:
     ids = np.array([1, 2, 3], dtype=np.int64)
+    service.route("GET", "/v1/jobs/job-a/rounds/1", [_manifest_reply(1, sha="0" * 64)])
+    service.route("GET", "/v1/jobs/job-a/rounds/2", [_manifest_reply(2, sha="0" * 64)])
     service.route(
         "GET",
         "/v1/jobs/job-a/rounds/1/indices",
@@ -386,7 +456,7 @@ def test_indices_that_do_not_match_their_sha_are_refused(
             client.get_indices("job-a", 1)
         with pytest.raises(IntegrityError, match="ceil"):
             client.get_indices("job-a", 2, rank=0, world=2)
-        assert client.cache.get_slice("job-a", 1, 0, 1) is None  # nothing bad was cached
+        assert client.cache.get_slice("job-a", "inc-a", 1, 0, 1) is None  # nothing bad cached
 
 
 def test_scores_and_embeddings_travel_as_frames(service: ScriptedService, tmp_path: Path) -> None:
@@ -462,8 +532,11 @@ def test_reporter_delivers_every_report_once_through_an_outage(
             frame = decode_frame(request.body)
             batch_id = str(frame.meta["batch_id"])
             duplicate = batch_id in applied
-            applied.setdefault(batch_id, frame.array("ids", "<i8", 1).tolist())
-        answer = {"batch_id": batch_id, "accepted": 0 if duplicate else 2, "duplicate": duplicate}
+            ids = frame.array("ids", "<i8", 1).tolist()
+            applied.setdefault(batch_id, ids)
+        # Like the service: the samples of this batch (the backlog may come merged).
+        accepted = 0 if duplicate else len(ids)
+        answer = {"batch_id": batch_id, "accepted": accepted, "duplicate": duplicate}
         return json_reply(200, answer)
 
     service.route("POST", "/v1/jobs/job-a/scores", ingest)

@@ -110,44 +110,85 @@ def test_sha256_of_sorted_ignores_order() -> None:
     assert sha256_of_sorted(ids) == expected == sha256_of_sorted(ids[::-1].copy())
 
 
+INC = "inc-a"
+
+
 def test_cache_round_trips_slices_and_published_manifests(tmp_path: Path) -> None:
     cache = RoundCache(tmp_path)
-    cache.put_slice(_slice(round_=3))
-    cache.put_slice(_slice(round_=5))
-    cache.put_slice(_slice(round_=9, rank=0))  # another rank: not in rank 1's listing
-    got = cache.get_slice("job-a", 3, 1, 2)
+    cache.put_slice(_slice(round_=3), INC)
+    cache.put_slice(_slice(round_=5), INC)
+    cache.put_slice(_slice(round_=9, rank=0), INC)  # another rank: not in rank 1's listing
+    got = cache.get_slice("job-a", INC, 3, 1, 2)
     assert got is not None
     np.testing.assert_array_equal(got.indices, _slice().indices)
-    assert cache.get_slice("job-a", 4, 1, 2) is None
-    assert cache.slice_rounds("job-a", 1, 2) == [5, 3]
-    latest = cache.latest_slice("job-a", 1, 2)
+    assert cache.get_slice("job-a", INC, 4, 1, 2) is None
+    assert cache.slice_rounds("job-a", INC, 1, 2) == [5, 3]
+    latest = cache.latest_slice("job-a", INC, 1, 2)
     assert latest is not None
     assert latest.round == 5
 
-    cache.put_manifest(_manifest(2))
-    cache.put_manifest(_manifest(3, RoundStatus.COMPUTING))  # may still change: not kept
-    assert cache.get_manifest("job-a", 2) == _manifest(2)
-    assert cache.get_manifest("job-a", 3) is None
+    cache.put_manifest(_manifest(2), INC)
+    cache.put_manifest(_manifest(3, RoundStatus.COMPUTING), INC)  # may still change: not kept
+    assert cache.get_manifest("job-a", INC, 2) == _manifest(2)
+    assert cache.get_manifest("job-a", INC, 3) is None
+
+
+def test_cache_keeps_each_incarnation_of_a_job_apart(tmp_path: Path) -> None:
+    """A job deleted and created again under its id has a round 0 of its own."""
+    cache = RoundCache(tmp_path)
+    cache.put_slice(_slice(round_=0), "old")
+    cache.put_manifest(_manifest(0), "old")
+    cache.remember_incarnation("job-a", "old")
+    assert cache.get_slice("job-a", "new", 0, 1, 2) is None
+    assert cache.get_manifest("job-a", "new", 0) is None
+    assert cache.latest_slice("job-a", "new", 1, 2) is None
+    assert cache.known_incarnation("job-a") == "old"
+    cache.remember_incarnation("job-a", "new")
+    assert cache.known_incarnation("job-a") == "new"
+    assert cache.get_slice("job-a", "old", 0, 1, 2) is not None  # still there, never mixed
+
+
+def test_cache_refuses_an_entry_of_another_incarnation(tmp_path: Path) -> None:
+    cache = RoundCache(tmp_path)
+    piece = _slice(round_=1)
+    marked = IndexSlice(
+        **{**{f: getattr(piece, f) for f in piece.__slots__}, "job_incarnation": "x"}
+    )
+    with pytest.raises(ValueError, match="incarnation"):
+        cache.put_slice(marked, "y")
+    with pytest.raises(ValueError, match="incarnation"):
+        cache.get_slice("job-a", "../y", 1, 1, 2)
+
+
+def test_cache_ignores_the_layout_before_incarnations(tmp_path: Path) -> None:
+    """A slice cached by an older client (jobs/<job>/slices/...) is never served: nothing
+    vouches for which job it came from."""
+    cache = RoundCache(tmp_path)
+    cache.put_slice(_slice(round_=0), INC)
+    folder = tmp_path / "jobs" / "job-a"
+    (folder / INC / "slices").rename(folder / "slices")
+    assert cache.latest_slice("job-a", INC, 1, 2) is None
+    assert cache.get_slice("job-a", INC, 0, 1, 2) is None
 
 
 def test_cache_drops_a_corrupt_blob_instead_of_returning_it(tmp_path: Path) -> None:
     cache = RoundCache(tmp_path)
-    cache.put_slice(_slice(round_=5))
-    cache.put_slice(_slice(round_=3))
-    pointer = tmp_path / "jobs" / "job-a" / "slices" / "r5.k1.w2"
+    cache.put_slice(_slice(round_=5), INC)
+    cache.put_slice(_slice(round_=3), INC)
+    pointer = tmp_path / "jobs" / "job-a" / INC / "slices" / "r5.k1.w2"
     blob = cache._blob_path(pointer.read_text().strip())
     blob.write_bytes(blob.read_bytes()[:-8] + b"\x01" * 8)  # a flipped tail
-    assert cache.get_slice("job-a", 5, 1, 2) is None
+    assert cache.get_slice("job-a", INC, 5, 1, 2) is None
     assert not pointer.exists()
     assert not blob.exists()
-    latest = cache.latest_slice("job-a", 1, 2)
+    latest = cache.latest_slice("job-a", INC, 1, 2)
     assert latest is not None
     assert latest.round == 3
 
 
 def test_cache_rejects_a_job_id_that_would_escape_its_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="job id"):
-        RoundCache(tmp_path).get_slice("../x", 0, 0, 1)
+        RoundCache(tmp_path).get_slice("../x", INC, 0, 0, 1)
 
 
 @settings(max_examples=25, deadline=None)
@@ -157,7 +198,7 @@ def test_cache_blob_names_are_their_sha256(n: int, round_: int) -> None:
 
     with tempfile.TemporaryDirectory() as root:
         cache = RoundCache(root)
-        cache.put_slice(_slice(round_=round_, n=n))
+        cache.put_slice(_slice(round_=round_, n=n), INC)
         for blob in (Path(root) / "blobs").rglob("*"):
             if blob.is_file():
                 assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name

@@ -22,8 +22,19 @@ def service_metric_families() -> dict[str, tuple[str, ...]]:
     from prometheus_client import Counter, Histogram
 
     from grace_selection.api.metrics import ServiceMetrics
+    from grace_selection.service.gauges import JobGauges, StratumGauge
 
-    metrics = ServiceMetrics(job_count=lambda: 0)
+    one_job = JobGauges(
+        job_id="j",
+        round=1,
+        coreset_size=10,
+        churn=0.5,
+        fresh_share=0.3,
+        estimated_share=0.7,
+        seconds={"total": 1.0},
+        strata=(StratumGauge(0, "a", 0.5, 0.5),),
+    )
+    metrics = ServiceMetrics(job_count=lambda: 0, gauges=lambda: ([one_job], 0))
     families: dict[str, tuple[str, ...]] = {}
     for value in vars(metrics).values():
         if isinstance(value, Counter | Histogram):
@@ -31,7 +42,7 @@ def service_metric_families() -> dict[str, tuple[str, ...]]:
             families[name] = tuple(value._labelnames)
     for family in metrics.registry.collect():
         if family.type == "gauge":
-            families[family.name] = ()
+            families[family.name] = tuple(family.samples[0].labels) if family.samples else ()
     return families
 
 

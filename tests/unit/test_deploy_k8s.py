@@ -59,6 +59,9 @@ def test_resource_is_valid_against_its_schema(resource: dict[str, Any]) -> None:
         # A custom resource: its pod templates are checked against PodTemplateSpec below.
         assert resource["apiVersion"] == "ray.io/v1"
         return
+    if resource["kind"] == "ServiceMonitor":  # a CRD too: tests/unit/test_deploy_monitoring.py
+        assert checks.check_service_monitor(resource) == []
+        return
     assert checks.check_k8s_resource(resource) == []
 
 

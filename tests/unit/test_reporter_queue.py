@@ -258,3 +258,50 @@ def test_a_replayed_step_with_other_losses_counts_as_a_duplicate_not_a_failure()
     assert stats.failed_batches == 0
     assert stats.duplicate_batches == 1
     assert client.applied["trainer.default.k0.r0.s3.n0.c0"]["loss"].tolist() == [0.5, 0.5]
+
+
+def test_the_backlog_of_an_outage_drains_in_full_size_batches() -> None:
+    """A minute of small reports is a request or two once the service is back, not one per
+    report (issue 14: closing after an outage used to drop tens of thousands of samples)."""
+    client = StandInClient(delay=0.01)  # each request costs something, as over HTTP
+    client.online.clear()
+    rep = reporter(client, chunk_size=4096)
+    rng = np.random.default_rng(0)
+    last: dict[int, float] = {}
+    for step in range(500):
+        ids = rng.choice(3000, size=32, replace=False)
+        losses = rng.random(32).astype(np.float32)
+        rep.report(ids, losses, step=step)
+        last.update(zip(ids.tolist(), losses.tolist(), strict=True))
+    client.online.set()
+    stats = rep.close(timeout=20)
+    assert stats.dropped_samples == 0
+    assert stats.pending_samples == 0
+    assert len(client.applied) <= 1 + int(np.ceil(500 * 32 / 4096))  # not 500
+    # Each sample ends with the loss it was reported with last, as one-by-one sending leaves it.
+    final: dict[int, float] = {}
+    for batch in client.applied.values():  # dicts keep the order batches were applied in
+        final.update(zip(batch["ids"], np.asarray(batch["loss"]).tolist(), strict=True))
+    assert final == pytest.approx(last)
+    merged = [b for b in client.applied if ".m" in b]
+    assert merged
+    assert all(len(b) <= 128 for b in client.applied)  # the service's batch id limit
+
+
+def test_merged_batches_keep_each_sample_once_with_its_last_values() -> None:
+    from grace_client.batches import ReportBatch, can_merge, merge_batches
+
+    def batch(ids: list[int], loss: list[float], step: int, round_: int = 1) -> ReportBatch:
+        return ReportBatch(
+            f"b{step}", np.array(ids), np.array(loss, np.float32), None, None, round_, step
+        )
+
+    parts = [batch([1, 2], [0.1, 0.2], 3), batch([2, 3], [0.5, 0.6], 4)]
+    merged = merge_batches(parts, prefix="p")
+    assert merged.loss is not None
+    assert dict(zip(merged.ids.tolist(), merged.loss.tolist(), strict=True)) == pytest.approx(
+        {1: 0.1, 2: 0.5, 3: 0.6}
+    )
+    assert merged.step == 4
+    assert merged.batch_id == merge_batches(list(parts), prefix="p").batch_id  # deterministic
+    assert not can_merge(parts[0], batch([4], [1.0], 5, round_=2))  # another round

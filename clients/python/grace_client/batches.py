@@ -1,11 +1,14 @@
 """How one `report(...)` call becomes idempotent score batches, ready to send.
 
 Kept apart from the reporter's queue and thread: this is the pure part (conversion,
-cleaning, chunking, deterministic batch ids), the same in a run and in its replay.
+cleaning, chunking, deterministic batch ids, merging a backlog), the same in a run and in its
+replay.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +112,53 @@ def split_report(
             )
         )
     return out
+
+
+def can_merge(a: ReportBatch, b: ReportBatch) -> bool:
+    """Whether two batches can travel as one request: same round, the same arrays."""
+    return (
+        a.round == b.round
+        and (a.loss is None) == (b.loss is None)
+        and (a.importance is None) == (b.importance is None)
+        and (a.embeddings is None) == (b.embeddings is None)
+        and (
+            a.embeddings is None
+            or b.embeddings is None
+            or a.embeddings.shape[1:] == b.embeddings.shape[1:]
+        )
+    )
+
+
+def merge_batches(parts: Sequence[ReportBatch], *, prefix: str) -> ReportBatch:
+    """One batch holding `parts` in order (mergeable ones: see `can_merge`), each sample once
+    with its last values, as sending them one after another would have left it.
+
+    Its batch id is `<prefix>.m<digest of the parts' ids>`: the same parts always merge to the
+    same id, so a retried merged batch is still recognised as a duplicate.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p.ids for p in parts])
+    _, last = np.unique(ids[::-1], return_index=True)
+    keep = np.sort(ids.shape[0] - 1 - last)
+
+    def joined(name: str) -> npt.NDArray[np.float32] | None:
+        arrays = [getattr(p, name) for p in parts]
+        if arrays[0] is None:
+            return None
+        out: npt.NDArray[np.float32] = np.concatenate(arrays)[keep]
+        return out
+
+    digest = hashlib.sha256("\n".join(p.batch_id for p in parts).encode()).hexdigest()[:24]
+    return ReportBatch(
+        batch_id=f"{prefix}.m{digest}",
+        ids=ids[keep],
+        loss=joined("loss"),
+        importance=joined("importance"),
+        embeddings=joined("embeddings"),
+        round=parts[0].round,
+        step=max(p.step for p in parts),
+    )
 
 
 def to_numpy(values: Any) -> Any:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -20,7 +20,13 @@ import numpy.typing as npt
 
 from grace_client.backoff import RetryPolicy, parse_retry_after
 from grace_client.cache import RoundCache, default_cache_dir
-from grace_client.errors import NotFoundError, RoundFailedError, RoundNotReadyError
+from grace_client.errors import (
+    IntegrityError,
+    NotFoundError,
+    RoundFailedError,
+    RoundNotReadyError,
+    ServiceUnavailable,
+)
 from grace_client.payloads import (
     IndexSlice,
     Projection,
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
     from grace_client.reporter import ScoreReporter
 
 RoundRef = int | Literal["latest"]
+_T = TypeVar("_T")
 
 
 class CoresetClient:
@@ -201,15 +208,17 @@ class CoresetClient:
         return [RoundManifest.model_validate(item) for item in raw]
 
     def get_round(self, job: str, r: RoundRef = "latest") -> RoundManifest:
-        """A round's manifest; published ones come from the disk cache when present."""
-        if isinstance(r, int):
-            cached = self.cache.get_manifest(job, r)
-            if cached is not None:
-                return cached
-        response = self._request("GET", f"{_job(job)}/rounds/{_round(r)}")
-        manifest = RoundManifest.model_validate_json(response.content)
-        self.cache.put_manifest(manifest)
-        return manifest
+        """A round's manifest, from the service; a published one is cached on disk and served
+        from there only while the service is unreachable (under the job's last known
+        incarnation, so never a deleted job's round)."""
+        try:
+            return self._vouched_manifest(job, r)[0]
+        except ServiceUnavailable:
+            if isinstance(r, int):
+                cached = self._offline(lambda inc: self.cache.get_manifest(job, inc, r), job)
+                if cached is not None:
+                    return cached
+            raise
 
     def wait_for_round(self, job: str, r: RoundRef, timeout: float) -> RoundManifest:
         """Poll until round `r` is published (a round that does not exist yet is waited for).
@@ -253,6 +262,9 @@ class CoresetClient:
     ) -> IndexSlice:
         """This rank's slice of round r's coreset (API.md, "Slicing"), cached on disk.
 
+        A cached slice is used when the service's manifest of the round (same incarnation)
+        names the same sha256, or when the service is unreachable.
+
         While the round is computing the service answers 202 + Retry-After; this waits as
         told for up to `wait` seconds (default: the client timeout), then RoundNotReadyError.
         """
@@ -260,17 +272,46 @@ class CoresetClient:
             raise ValueError(f"world: must be an integer >= 1, got {world!r}")
         if not 0 <= rank < world:
             raise ValueError(f"rank: must be in [0, {world - 1}] for world={world}, got {rank}")
+        manifest: RoundManifest | None = None
         if isinstance(r, int):
-            cached = self.cache.get_slice(job, r, rank, world)
-            if cached is not None:
-                return cached
+            try:
+                manifest, incarnation = self._vouched_manifest(job, r)
+            except ServiceUnavailable:
+                cached = self._offline(
+                    lambda inc: self.cache.get_slice(job, inc, r, rank, world), job
+                )
+                if cached is not None:
+                    return cached
+                raise
+            if manifest.status == RoundStatus.PUBLISHED:
+                cached = self.cache.get_slice(job, incarnation, r, rank, world)
+                if cached is not None and cached.indices_sha256 == manifest.indices_sha256:
+                    return cached
         path = f"{_job(job)}/rounds/{_round(r)}/indices"
         params = {"rank": rank, "world": world, "format": "bin"}
         response = self._get_when_ready(path, params, job=job, r=r, wait=wait)
         piece = parse_indices_body(response.headers.get("Content-Type", ""), response.content)
         verify_slice(piece, job)
-        self.cache.put_slice(piece)
+        published = manifest is not None and manifest.status == RoundStatus.PUBLISHED
+        if published and manifest is not None and piece.indices_sha256 != manifest.indices_sha256:
+            raise IntegrityError(
+                f"round {piece.round} of job {job!r}: the slice names sha256 "
+                f"{piece.indices_sha256[:12]}... but the manifest {manifest.indices_sha256}; "
+                "the job was probably deleted and created again meanwhile: ask again"
+            )
+        incarnation = piece.job_incarnation or self._job_incarnation(job)
+        self.cache.remember_incarnation(job, incarnation)
+        self.cache.put_slice(piece, incarnation)
         return piece
+
+    def cached_slice(self, job: str, r: int, rank: int, world: int) -> IndexSlice | None:
+        """A slice from the disk cache only (no network), under the job's newest incarnation
+        the service named; None if there is none."""
+        return self._offline(lambda inc: self.cache.get_slice(job, inc, r, rank, world), job)
+
+    def latest_cached_slice(self, job: str, rank: int, world: int) -> IndexSlice | None:
+        """The newest cached slice of (rank, world) under the job's newest known incarnation."""
+        return self._offline(lambda inc: self.cache.latest_slice(job, inc, rank, world), job)
 
     def get_rescore_plan(
         self, job: str, r: RoundRef, shard: int = 0, of: int = 1, *, wait: float | None = None
@@ -351,6 +392,24 @@ class CoresetClient:
         return self._transport.request(
             method, path, params=params, json=json, idempotent=idempotent
         )
+
+    def _vouched_manifest(self, job: str, r: RoundRef) -> tuple[RoundManifest, str]:
+        """The service's manifest of round r and the job's incarnation; both are recorded."""
+        response = self._request("GET", f"{_job(job)}/rounds/{_round(r)}")
+        manifest = RoundManifest.model_validate_json(response.content)
+        incarnation = manifest.job_incarnation or self._job_incarnation(job)
+        self.cache.remember_incarnation(job, incarnation)
+        self.cache.put_manifest(manifest, incarnation)
+        return manifest, incarnation
+
+    def _job_incarnation(self, job: str) -> str:
+        """The job's incarnation as the service names it now (for rounds published before
+        manifests carried it)."""
+        return self.get_job(job).incarnation
+
+    def _offline(self, read: Callable[[str], _T | None], job: str) -> _T | None:
+        incarnation = self.cache.known_incarnation(job)
+        return None if incarnation is None else read(incarnation)
 
     def _get_when_ready(
         self,

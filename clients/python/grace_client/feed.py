@@ -73,10 +73,10 @@ class ClientSliceSource:
         return self.client.get_indices(self.job, round_, rank, world)
 
     def cached_slice(self, round_: int, rank: int, world: int) -> IndexSlice | None:
-        return self.client.cache.get_slice(self.job, round_, rank, world)
+        return self.client.cached_slice(self.job, round_, rank, world)
 
     def latest_cached(self, rank: int, world: int) -> IndexSlice | None:
-        return self.client.cache.latest_slice(self.job, rank, world)
+        return self.client.latest_cached_slice(self.job, rank, world)
 
     def fetch_manifest(self, round_: int) -> RoundManifest:
         return self.client.get_round(self.job, round_)

@@ -37,6 +37,7 @@ class IndexSlice:
     weights: npt.NDArray[np.float32] | None
     total: int
     indices_sha256: str
+    job_incarnation: str | None = None  # the job's incarnation, as the service named it
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -73,6 +74,7 @@ def sha256_of_sorted(indices: npt.NDArray[np.int64]) -> str:
 def decode_index_slice(frame: Frame) -> IndexSlice:
     """An IndexSlice from an indices frame; FrameError names what is missing or wrong."""
     meta = frame.meta
+    incarnation = meta.get("job_incarnation")
     indices = frame.array("indices", "<i8", 1)
     weights = None
     if "weights" in frame.arrays:
@@ -91,6 +93,7 @@ def decode_index_slice(frame: Frame) -> IndexSlice:
         weights=weights,
         total=int(_meta(meta, "total")),
         indices_sha256=str(_meta(meta, "indices_sha256")),
+        job_incarnation=None if incarnation is None else str(incarnation),
     )
 
 
@@ -103,6 +106,7 @@ def encode_index_slice(piece: IndexSlice) -> tuple[dict[str, Any], dict[str, npt
         "world": piece.world,
         "total": piece.total,
         "indices_sha256": piece.indices_sha256,
+        "job_incarnation": piece.job_incarnation,
     }
     arrays: dict[str, npt.NDArray[Any]] = {"indices": piece.indices}
     if piece.weights is not None:
@@ -153,6 +157,7 @@ def parse_indices_body(content_type: str, body: bytes) -> IndexSlice:
             weights=weights,
             total=model.total,
             indices_sha256=model.indices_sha256,
+            job_incarnation=model.job_incarnation,
         )
     return decode_index_slice(decode_frame(body))
 

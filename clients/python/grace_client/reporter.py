@@ -16,6 +16,11 @@ background thread sends them as binary batches. Guarantees:
   replayed after resuming from a checkpoint, is recognised by the service as a duplicate.
   Start a new training run on the same job with a new `run` name.
 - Flushed on close: `close()` waits (up to `flush_timeout`) until everything is sent.
+- A backlog drains in full-size requests: after an outage, the reports that waited are merged
+  (same round, same arrays, each sample once with its last values) into batches of up to
+  `chunk_size` samples, so that a minute of small reports is a request or two, not thousands.
+  A merged batch's id is derived from the ids it merges (`...m<digest>`), so its retries are
+  still duplicates; a replay that does not merge the same way re-applies the same values.
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from grace_client.batches import ReportBatch, clean_report, split_report
+from grace_client.batches import (
+    ReportBatch,
+    can_merge,
+    clean_report,
+    merge_batches,
+    split_report,
+)
 from grace_client.errors import ConflictError, GraceAPIError, GraceError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -100,6 +111,7 @@ class ScoreReporter:
         self._queue: deque[ReportBatch] = deque()
         self._pending_bytes = 0
         self._inflight: ReportBatch | None = None
+        self._draining = False  # the service is back after an outage: merge the backlog
         self._closing = False
         self._thread: threading.Thread | None = None
         self._seq: OrderedDict[tuple[int, int], int] = OrderedDict()
@@ -263,16 +275,16 @@ class ScoreReporter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                batch = self._queue.popleft()
-                self._pending_bytes -= batch.nbytes
+                batch = self._take_locked()
                 self._inflight = batch
                 self._cond.notify_all()  # room for a report() blocked on a full queue
-            retry = False
+            retry = recovered = False
             try:
                 self._send(batch)
                 if outage_logged:
                     log.warning("GRACE service reachable again; reporting resumes")
                     outage_logged = False
+                    recovered = True
             except ServiceUnavailable as exc:
                 retry = True
                 if not outage_logged:
@@ -294,6 +306,8 @@ class ScoreReporter:
                     self._counts["failed_batches"] += 1
             with self._cond:
                 self._inflight = None
+                # The backlog of an outage drains merged, once the service answers again.
+                self._draining = (self._draining or recovered) and not retry and bool(self._queue)
                 if retry and self._closing:
                     self._drop(batch.ids.shape[0], "the service was unreachable at close()")
                 elif (
@@ -312,6 +326,23 @@ class ScoreReporter:
                     self._cond.notify_all()
                     self._cond.wait(self.retry_interval)
                 self._cond.notify_all()
+
+    def _take_locked(self) -> ReportBatch:
+        """The next batch to send: the head of the queue, merged with the mergeable batches
+        behind it up to `chunk_size` samples while the backlog of an outage drains."""
+        parts = [self._queue.popleft()]
+        size = parts[0].size
+        while (
+            self._draining
+            and self._queue
+            and can_merge(parts[0], self._queue[0])
+            and size + self._queue[0].size <= self.chunk_size
+        ):
+            parts.append(self._queue.popleft())
+            size += parts[-1].size
+        self._pending_bytes -= sum(p.nbytes for p in parts)
+        prefix = f"trainer.{self.run}.k{self.rank}.r{parts[0].round}"
+        return merge_batches(parts, prefix=prefix)
 
     def _send(self, batch: ReportBatch) -> None:
         accepted = 0

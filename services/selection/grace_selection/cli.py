@@ -123,6 +123,12 @@ def _add_serve(subparsers: Any) -> None:
         "--index", choices=["hnsw", "brute"], help="k-NN index (GRACE_INDEX, default hnsw)"
     )
     serve.add_argument(
+        "--max-job-bytes", type=int, help="most memory one job may need (GRACE_MAX_JOB_BYTES)"
+    )
+    serve.add_argument(
+        "--round-nice", type=int, help="lower CPU priority of rounds, 0..19 (GRACE_ROUND_NICE)"
+    )
+    serve.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
         help="GRACE_LOG_LEVEL, default info",
@@ -153,6 +159,8 @@ def run_serve(args: argparse.Namespace) -> int:
             ("reads_require_token", args.reads_require_token),
             ("max_body_bytes", args.max_body_bytes),
             ("index", args.index),
+            ("max_job_bytes", args.max_job_bytes),
+            ("round_nice", args.round_nice),
             ("log_level", args.log_level),
         )
         if value is not None

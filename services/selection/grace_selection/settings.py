@@ -37,6 +37,19 @@ class ServiceSettings(BaseSettings):
     reads_require_token: bool = Field(False, description="also require the token for reads")
     max_body_bytes: int = Field(512 * MIB, gt=0, description="largest request body accepted")
     index: Literal["hnsw", "brute"] = Field("hnsw", description="k-NN index implementation")
+    max_job_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="most memory one job may need (estimated at creation); unset: half of "
+        "the machine's (or the container's) memory",
+    )
+    round_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how much lower the CPU priority of round computation is than serving's "
+        "(a nice increment; 0: the same)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("store")

@@ -5,7 +5,8 @@ Layout under `root/jobs/<job>/`:
     spec.json                 the job spec (the folder appears atomically with it)
     docs/<name>               small documents (the checkpoint), replaced atomically
     log/<first seq>.log       the batch journal (see segment_log.py)
-    snapshot/                 compacted state: meta.json, <array>.npy, batches.json
+    snapshot/                 compacted state: meta.json, <array>.npy, batches.npy (the batch
+                              ids it covers, batch_index.py; batches.json in older snapshots)
     rounds/<round>/           a published round: manifest.json and <array>.npy, one rename
 
 Every write is fsynced before it returns. One process owns a data directory.
@@ -13,9 +14,8 @@ Every write is fsynced before it returns. One process owns a data directory.
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from grace_selection.adapters.atomic_files import (
     write_bytes_atomic,
     write_file_synced,
 )
+from grace_selection.adapters.batch_index import FILE_NAME as BATCHES_FILE
+from grace_selection.adapters.batch_index import BatchIndex
 from grace_selection.adapters.segment_log import RecordHeader, SegmentLog
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
 from grace_selection.adapters.store_records import (
@@ -53,7 +55,7 @@ class _JobFiles:
     """A job's open journal and the batch ids it has applied (field -> (crc, seq))."""
 
     log: SegmentLog
-    batches: dict[str, tuple[int, int]] = field(default_factory=dict)
+    batches: BatchIndex = field(default_factory=BatchIndex)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -122,7 +124,7 @@ class LocalScoreStore:
                 return AppendResult(seq=known[1], duplicate=True, checksum=known[0])
             seq = files.log.last_seq + 1
             crc = files.log.append(seq, kind, batch_id, payload)
-            files.batches[key] = (crc, seq)
+            files.batches.add(key, crc, seq)
             return AppendResult(seq=seq, duplicate=False, checksum=crc)
 
     def read_log(self, job_id: str, after_seq: int = 0) -> Iterator[LogEntry]:
@@ -140,17 +142,18 @@ class LocalScoreStore:
                 )
             # New appends go to a fresh segment so that the covered ones can be deleted whole.
             files.log.roll()
-            covered = {k: v for k, v in files.batches.items() if v[1] <= snapshot.seq}
+            covered = files.batches.covered_through(snapshot.seq)
         arrays = {name: pack_array(name, value) for name, value in snapshot.arrays.items()}
 
         def write_files(folder: Path) -> None:
             for name, value in arrays.items():
                 save_array(folder, name, value)
-            (folder / "batches.json").write_text(json.dumps(covered, sort_keys=True))
+            save_array(folder, BATCHES_FILE.removesuffix(".npy"), covered)
 
         meta = {"kind": _SNAPSHOT_KIND, "seq": snapshot.seq, "arrays": sorted(arrays)}
         write_snapshot(self._existing(job_id) / "snapshot", meta, write_files)
         with files.lock:
+            files.batches.compact(covered, snapshot.seq)
             files.log.drop_through(snapshot.seq)
 
     def read_snapshot(self, job_id: str) -> StateSnapshot | None:
@@ -227,20 +230,17 @@ class LocalScoreStore:
             return files
 
     def _open_files(self, folder: Path) -> _JobFiles:
-        batches: dict[str, tuple[int, int]] = {}
+        batches = BatchIndex()
         snapshot_seq = 0
         loaded = self._load_snapshot(folder)
         if loaded is not None:
             meta, snap_folder = loaded
             snapshot_seq = int(meta["seq"])
-            raw: Mapping[str, list[int]] = json.loads((snap_folder / "batches.json").read_text())
-            batches = {k: (int(v[0]), int(v[1])) for k, v in raw.items()}
+            batches = BatchIndex.load(snap_folder)
 
         def remember(header: RecordHeader) -> None:
-            batches[format_batch_field(header.kind, header.batch_id)] = (
-                header.payload_crc,
-                header.seq,
-            )
+            key = format_batch_field(header.kind, header.batch_id)
+            batches.add(key, header.payload_crc, header.seq)
 
         journal = SegmentLog.open(folder / "log", remember)
         # The seq counter never goes back, even when compaction deleted every segment.

@@ -21,14 +21,16 @@ from grace_proto.models import ScoreBatchRequest
 from grace_selection import __version__
 from grace_selection.adapters.ports import NeighborIndex, ScoreStore
 from grace_selection.api.auth import TokenGuard
-from grace_selection.api.errors import install_error_handlers
+from grace_selection.api.errors import UnexpectedErrorGuard, install_error_handlers
 from grace_selection.api.fast_path import IndicesFastPath
 from grace_selection.api.limits import BodyLimit
 from grace_selection.api.metrics import RequestTimer, ServiceMetrics
 from grace_selection.api.routes import health, ingest, inspection, jobs, rounds
 from grace_selection.dashboard.router import create_dashboard_router
+from grace_selection.service.gauges import JobGauges
 from grace_selection.service.graph_keeper import IndexFactory
 from grace_selection.service.registry import SelectionService
+from grace_selection.service.resources import fix_mmap_threshold
 from grace_selection.settings import ServiceSettings
 
 TITLE = "GRACE coreset service"
@@ -69,9 +71,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        fix_mmap_threshold()  # large arrays go back to the system when freed (resources.py)
         store = await run_in_threadpool(open_store, settings)
         service = SelectionService(
-            store, make_index_factory(settings.index), Path(settings.data_dir), events=metrics
+            store,
+            make_index_factory(settings.index),
+            Path(settings.data_dir),
+            events=metrics,
+            max_job_bytes=settings.max_job_bytes,
+            round_nice=settings.round_nice,
         )
         app.state.service = metrics_holder["service"] = service
         loader = threading.Thread(target=service.load, name="grace-load", daemon=True)
@@ -86,7 +94,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         service = metrics_holder.get("service")
         return 0 if service is None else service.job_count()
 
-    metrics = ServiceMetrics(job_count)
+    def job_gauges() -> tuple[list[JobGauges], int]:
+        service = metrics_holder.get("service")
+        return ([], 0) if service is None else service.gauges()
+
+    metrics = ServiceMetrics(job_count, job_gauges)
     app = FastAPI(
         title=TITLE,
         version=__version__,
@@ -101,10 +113,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     for module in (health, jobs, ingest, rounds, inspection):
         app.include_router(module.router)
     app.include_router(create_dashboard_router(reads_require_token=settings.reads_require_token))
-    # Added last = outermost: the timer sees every request, including refused bodies.
+    # Added last = outermost: the timer sees every request, including refused bodies; the guard
+    # turns what escapes everything else into a 500 that keeps the connection open.
     app.add_middleware(IndicesFastPath, state=app.state)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)
+    app.add_middleware(UnexpectedErrorGuard)
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
 

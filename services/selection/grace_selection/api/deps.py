@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from grace_proto.frames import MEDIA_TYPE
-from grace_proto.models import JOB_ID_PATTERN
+from grace_proto.models import JOB_ID_PATTERN, ErrorResponse
 from grace_selection.api.errors import ApiError
 from grace_selection.service.registry import SelectionService
 
@@ -29,6 +29,33 @@ RoundRef = Annotated[
 Format = Annotated[
     Literal["bin", "json"], Query(description="`bin`: a frame (FRAMES.md); `json`: JSON")
 ]
+
+# Error answers every route of a kind really sends, for the OpenAPI document (issue 14).
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorResponse,
+        "description": "`unauthorized`: the bearer token is missing or wrong (writes always "
+        "need it when the service has a token; reads when GRACE_READS_REQUIRE_TOKEN is set)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    }
+}
+MALFORMED_JSON: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "`malformed_json`: the body is not valid JSON"}
+}
+INSUFFICIENT_MEMORY: dict[int | str, dict[str, Any]] = {
+    507: {
+        "model": ErrorResponse,
+        "description": "`insufficient_memory`: the job's arrays could not be allocated; "
+        "nothing was recorded",
+    }
+}
+FAILED_JOB: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "`job_failed_to_load`: the job is stored but failed to load at "
+        "start-up; only DELETE works on it",
+    }
+}
 
 BINARY_BODY: dict[str, Any] = {
     "requestBody": {

@@ -14,11 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grace_proto.models import ErrorResponse
 from grace_selection.adapters.store_records import StoreError
 from grace_selection.service.errors import (
     ConflictError,
+    InsufficientMemoryError,
     InvalidInputError,
     MalformedRequestError,
     MissingExtraError,
@@ -37,6 +39,7 @@ _STATUS: list[tuple[type[ServiceError], int]] = [
     (ConflictError, 409),
     (NotReadyError, 503),
     (MissingExtraError, 501),
+    (InsufficientMemoryError, 507),
 ]
 _HTTP_CODES = {
     401: "unauthorized",
@@ -167,11 +170,47 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> JSONResponse:
     return make_error_response(
         500,
         "internal_error",
         f"the service failed unexpectedly ({type(exc).__name__}); the log has the details",
     )
+
+
+class UnexpectedErrorGuard:
+    """Pure ASGI middleware: an unexpected exception becomes a 500 and goes no further.
+
+    Starlette's own last-resort handler answers 500 and then re-raises, and uvicorn closes a
+    connection whose app raised: the client's next request on that keep-alive connection is
+    reset. Answering here, inside Starlette's handler, keeps the connection usable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # half an answer is out: only closing the connection can end it
+            await _internal_error(exc)(scope, receive, send)
 
 
 def _dotted(loc: Sequence[Any]) -> str:

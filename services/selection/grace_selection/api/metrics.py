@@ -4,28 +4,37 @@ that times every request by its route template.
 Names (docs/operations.md explains them): grace_ingest_samples_total{kind,source},
 grace_ingest_bytes_total{kind}, grace_ingest_batches_total{kind,outcome},
 grace_rounds_total{outcome}, grace_selection_seconds, grace_graph_seconds, grace_jobs,
-grace_http_request_seconds{method,route,status}.
+grace_jobs_failed, grace_http_request_seconds{method,route,status}; and per job, from its newest
+published round: grace_job_round, grace_job_coreset_size, grace_job_churn,
+grace_job_fresh_share, grace_job_estimated_share, grace_job_round_seconds{phase},
+grace_job_stratum_coreset_share{stratum,name}, grace_job_stratum_data_share{stratum,name}.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from grace_proto.models import RoundManifest
+from grace_selection.service.gauges import JobGauges
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _ROUND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
+GaugeSource = Callable[[], tuple[list[JobGauges], int]]
+
+
 class ServiceMetrics:
     """Implements ServiceEvents by counting into a private CollectorRegistry."""
 
-    def __init__(self, job_count: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self, job_count: Callable[[], int] | None = None, gauges: GaugeSource | None = None
+    ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -59,6 +68,8 @@ class ServiceMetrics:
         jobs = Gauge("grace_jobs", "Jobs held by this process", registry=r)
         if job_count is not None:
             jobs.set_function(lambda: float(job_count()))
+        if gauges is not None:
+            r.register(JobCollector(gauges))
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -82,6 +93,60 @@ class ServiceMetrics:
 
     def round_failed(self, manifest: RoundManifest) -> None:
         self.rounds.labels("failed").inc()
+
+
+class JobCollector:
+    """Per-job gauges, read from the service at each scrape (a custom prometheus collector)."""
+
+    def __init__(self, source: GaugeSource) -> None:
+        self.source = source
+
+    def describe(self) -> list[Any]:
+        return []  # the families depend on the jobs; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        jobs, failed = self.source()
+
+        def family(name: str, doc: str, *labels: str) -> Any:
+            return GaugeMetricFamily(name, doc, labels=["job", *labels])
+
+        yield GaugeMetricFamily(
+            "grace_jobs_failed", "Stored jobs that failed to load (see /readyz)", value=failed
+        )
+        round_ = family("grace_job_round", "Newest published round")
+        size = family("grace_job_coreset_size", "Samples in the newest round's coreset")
+        churn = family("grace_job_churn", "Share of the newest coreset not in the previous one")
+        fresh = family("grace_job_fresh_share", "Share of samples scored fresh for the round")
+        estimated = family(
+            "grace_job_estimated_share", "Share of samples whose importance was estimated"
+        )
+        seconds = family("grace_job_round_seconds", "The newest round's seconds", "phase")
+        in_coreset = family(
+            "grace_job_stratum_coreset_share",
+            "Share of the coreset in a stratum",
+            "stratum",
+            "name",
+        )
+        in_data = family(
+            "grace_job_stratum_data_share", "Share of the data in a stratum", "stratum", "name"
+        )
+        for job in jobs:
+            round_.add_metric([job.job_id], job.round)
+            size.add_metric([job.job_id], job.coreset_size)
+            fresh.add_metric([job.job_id], job.fresh_share)
+            if job.churn is not None:
+                churn.add_metric([job.job_id], job.churn)
+            if job.estimated_share is not None:
+                estimated.add_metric([job.job_id], job.estimated_share)
+            for phase, value in job.seconds.items():
+                seconds.add_metric([job.job_id, phase], value)
+            for s in job.strata:
+                labels = [job.job_id, str(s.stratum), s.name]
+                in_coreset.add_metric(labels, s.coreset_share)
+                in_data.add_metric(labels, s.data_share)
+        yield from (round_, size, churn, fresh, estimated, seconds, in_coreset, in_data)
 
 
 class RequestTimer:

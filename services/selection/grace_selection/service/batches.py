@@ -138,7 +138,13 @@ def parse_strata(body: bytes, n: int) -> StrataBatch:
 
 def parse_score_json(request: ScoreBatchRequest, n: int) -> ScoreBatch:
     """The JSON form of a small score batch, checked like a frame and encoded as one."""
-    arrays: dict[str, npt.NDArray[Any]] = {"ids": np.asarray(request.ids, dtype=np.int64)}
+    try:
+        ids = np.asarray(request.ids, dtype=np.int64)
+    except OverflowError as exc:  # the wire model bounds ids; a caller in-process may not
+        raise InvalidInputError(
+            f"holds an id beyond int64; ids must be in [0, {n - 1}]", field="ids"
+        ) from exc
+    arrays: dict[str, npt.NDArray[Any]] = {"ids": ids}
     for name in ("loss", "importance"):
         values = getattr(request, name)
         if values is not None:

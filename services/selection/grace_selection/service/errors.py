@@ -65,6 +65,18 @@ class MissingExtraError(ServiceError):
     code = "missing_extra"
 
 
+class JobFailedError(ConflictError):
+    """The job is stored but could not be loaded at start-up; it can only be deleted."""
+
+    code = "job_failed_to_load"
+
+
+class InsufficientMemoryError(ServiceError):
+    """The process could not allocate what a request needs; nothing of it was recorded."""
+
+    code = "insufficient_memory"
+
+
 class NotReadyError(ServiceError):
     """The service is still loading its state, or its store is unreachable."""
 

@@ -18,7 +18,12 @@ from grace_proto.models import CheckpointInfo, IngestResponse, JobResponse, JobS
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import compute_checksum
 from grace_selection.service.batches import Batch, ScoreBatch, find_duplicate
-from grace_selection.service.errors import ConflictError, InvalidInputError, UnknownJobError
+from grace_selection.service.errors import (
+    ConflictError,
+    InsufficientMemoryError,
+    InvalidInputError,
+    UnknownJobError,
+)
 from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.lifecycle import RoundLifecycle
 from grace_selection.service.projection_cache import ProjectionCache
@@ -35,7 +40,7 @@ class Job:
         self.keeper = keeper
         self.arrays = JobArrays(spec.n, spec.dim, read_initial_strata(spec.request))
         self.lock = threading.Lock()
-        self.rounds = RoundLifecycle(spec.job_id)
+        self.rounds = RoundLifecycle(spec.job_id, spec.incarnation)
         self.checkpoint: CheckpointInfo | None = None
         self.deleted = False
         self.compaction_queued = False
@@ -68,6 +73,7 @@ class Job:
                         f"id {dup} appears more than once; send each sample once per batch",
                         field="arrays.ids",
                     )
+            self._reserve(batch)
             result = store.append_batch(self.job_id, batch.kind, batch.batch_id, batch.payload)
             if result.duplicate:
                 if result.checksum != compute_checksum(batch.payload):
@@ -81,6 +87,20 @@ class Job:
             self.arrays.apply(batch, result.seq)
         accepted = int(ids.shape[0]) if ids is not None else self.spec.n
         return IngestResponse(batch_id=batch.batch_id, accepted=accepted, duplicate=False)
+
+    def _reserve(self, batch: Batch) -> None:
+        """Allocate what applying `batch` needs before it is journalled: a journalled batch
+        that then fails to apply would answer `duplicate` to its resend and fail the replay."""
+        try:
+            self.arrays.reserve(batch)
+        except MemoryError as exc:
+            needed = self.spec.n * self.spec.dim * 4
+            raise InsufficientMemoryError(
+                f"the service could not allocate the {needed / 2**30:.1f} GiB of this job's "
+                f"embeddings ({self.spec.n} x {self.spec.dim} float32); nothing was recorded. "
+                "Free memory on the service's host, or delete the job and create a smaller one",
+                field="arrays.embeddings",
+            ) from exc
 
     def check_alive(self) -> None:
         """A request that raced a DELETE of this job finds it gone (call under the lock)."""
@@ -98,6 +118,7 @@ class Job:
         request = self.spec.request
         return JobResponse(
             job_id=self.job_id,
+            incarnation=self.spec.incarnation,
             n_samples=request.n_samples,
             dim=request.dim,
             config=request.config,

@@ -51,8 +51,9 @@ class PublishedRound:
 class RoundLifecycle:
     """Published rounds (immutable), the round being computed, and the last failed one."""
 
-    def __init__(self, job_id: str, cache_capacity: int = 4) -> None:
+    def __init__(self, job_id: str, incarnation: str = "", cache_capacity: int = 4) -> None:
         self.job_id = job_id
+        self.incarnation = incarnation
         self._published: dict[int, PublishedRound] = {}
         self.computing: RoundManifest | None = None
         self.failed: RoundManifest | None = None
@@ -70,6 +71,7 @@ class RoundLifecycle:
         if self.computing is None:
             self.computing = RoundManifest(
                 job_id=self.job_id,
+                job_incarnation=self.incarnation or None,
                 round=self.next_round,
                 status=RoundStatus.COMPUTING,
                 config=config,
@@ -84,7 +86,7 @@ class RoundLifecycle:
         """Write the round durably, then make it visible; the computing slot is freed."""
         published = PublishedRound.of(manifest)
         store.publish_round(self.job_id, StoredRound(published.round, published.raw, arrays))
-        self._cache.put(published.round, RoundData(published, arrays))
+        self._cache.put(published.round, RoundData(published, arrays, self.incarnation))
         self._published[published.round] = published
         self.computing = None
         self.failed = None
@@ -187,7 +189,7 @@ class RoundLifecycle:
             stored = store.read_round(self.job_id, round_)
             if stored is None:
                 raise UnknownRoundError(f"round {round_} is missing from the store", field="round")
-            data = RoundData(published, dict(stored.arrays))
+            data = RoundData(published, dict(stored.arrays), self.incarnation)
             self._cache.put(round_, data)
         return data
 

@@ -9,6 +9,7 @@ selection is CPU-bound and two at once would only slow each other down on small 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from grace_proto.models import (
     CheckpointInfo,
     CheckpointRequest,
     CreateJobRequest,
+    FailedJobResponse,
     IngestResponse,
     JobListResponse,
     JobResponse,
@@ -41,10 +43,13 @@ from grace_selection.service.errors import (
     UnknownRoundError,
 )
 from grace_selection.service.events import NoEvents, ServiceEvents
+from grace_selection.service.gauges import JobGauges, describe_gauges
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_selection.service.inspection import describe_round, describe_sample, project
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
 from grace_selection.service.lifecycle import get_utc_now
+from grace_selection.service.loading import FailedJob, describe_failure, load_job
+from grace_selection.service.resources import lower_thread_priority
 from grace_selection.service.round_changes import (
     TableExport,
     TableFormat,
@@ -54,12 +59,12 @@ from grace_selection.service.round_changes import (
 )
 from grace_selection.service.round_runner import (
     after_publish,
-    compact_if_due,
     describe,
-    is_compaction_due,
+    queue_compaction,
     run_round,
 )
 from grace_selection.service.rounds import Body, encode_rescore
+from grace_selection.service.sizing import check_job_size, default_job_limit
 from grace_selection.service.specs import JobSpec
 
 log = logging.getLogger("grace_selection.service")
@@ -72,18 +77,27 @@ class SelectionService:
         make_index_factory: IndexFactory,
         data_dir: Path,
         events: ServiceEvents | None = None,
+        max_job_bytes: int | None = None,
+        round_nice: int = 0,
     ) -> None:
         self.store = store
+        self.max_job_bytes = default_job_limit() if max_job_bytes is None else max_job_bytes
         self.make_index_factory = make_index_factory
         self.data_dir = Path(data_dir)
         self.events: ServiceEvents = events or NoEvents()
         self._jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
-        self._rounds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grace-round")
+        # Reads must not wait for a round: its thread (and hnswlib's) yields the CPU to them.
+        self._rounds = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="grace-round",
+            initializer=lower_thread_priority,
+            initargs=(round_nice,),
+        )
         self._loaded = threading.Event()
         self._closing = threading.Event()
         self._waiting_for_store: str | None = None
-        self.load_errors: dict[str, str] = {}
+        self._failed: dict[str, FailedJob] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -110,39 +124,21 @@ class SelectionService:
 
     def _load_all(self) -> None:
         jobs: dict[str, Job] = {}
-        errors: dict[str, str] = {}
+        failed: dict[str, FailedJob] = {}
         for job_id, raw in self.store.read_jobs().items():
             try:
-                jobs[job_id] = self._load_job(JobSpec.from_bytes(raw))
-            except StoreError:
-                raise  # the store went away mid-load: start over once it is back
+                spec = JobSpec.from_bytes(raw)
+                jobs[job_id] = load_job(self.store, spec, self._keeper(spec))
+            except StoreError as exc:
+                self.store.ping()  # unreachable: raises, and the load starts over once it is back
+                log.exception("job %s could not be loaded: its stored data is damaged", job_id)
+                failed[job_id] = FailedJob(job_id, describe_failure(exc))
             except Exception as exc:
                 log.exception("job %s could not be loaded", job_id)
-                errors[job_id] = f"{type(exc).__name__}: {exc}"
+                failed[job_id] = FailedJob(job_id, describe_failure(exc))
         with self._jobs_lock:
             self._jobs.update(jobs)
-        self.load_errors = errors
-
-    def _load_job(self, spec: JobSpec) -> Job:
-        job = Job(spec, self._keeper(spec))
-        snapshot = self.store.read_snapshot(spec.job_id)
-        if snapshot is not None:
-            job.arrays.load_snapshot(snapshot.seq, dict(snapshot.arrays))
-        replayed = 0
-        for entry in self.store.read_log(spec.job_id, after_seq=job.arrays.applied_seq):
-            job.arrays.apply(parse_batch(entry.kind, entry.payload, spec.n, spec.dim), entry.seq)
-            replayed += 1
-        job.rounds.restore(self.store.read_manifests(spec.job_id))
-        job.checkpoint_from(self.store.get_document(spec.job_id, CHECKPOINT_DOCUMENT))
-        loaded_index = job.keeper.load()
-        log.info(
-            "loaded job %s: %d log entries replayed, %d rounds, index %s",
-            spec.job_id,
-            replayed,
-            len(job.rounds),
-            "loaded" if loaded_index else "to be built at the next round",
-        )
-        return job
+            self._failed = failed
 
     def close(self) -> None:
         self._closing.set()  # a loader still waiting for the store gives up
@@ -150,8 +146,9 @@ class SelectionService:
         self._rounds.shutdown(wait=True, cancel_futures=True)
         self.store.close()
 
-    def readiness(self) -> dict[str, str]:
-        """Named checks; every value "ok" means ready."""
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        """(ready, named checks). Ready once the state is loaded and the store answers; a job
+        that failed to load is listed (`job:<id>`) but does not keep the others from serving."""
         state = "ok" if self._loaded.is_set() else "loading"
         if self._waiting_for_store is not None:
             state = f"loading: waiting for the store ({self._waiting_for_store})"
@@ -161,12 +158,21 @@ class SelectionService:
             checks["store"] = "ok"
         except StoreError as exc:
             checks["store"] = f"unreachable: {exc}"
-        for job_id, error in self.load_errors.items():
-            checks[f"job:{job_id}"] = f"failed to load: {error}"
-        return checks
+        ready = all(value == "ok" for value in checks.values())
+        for job_id, failed in sorted(self._failed.items()):
+            checks[f"job:{job_id}"] = f"failed to load: {failed.error}"
+        return ready, checks
 
     def job_count(self) -> int:
         return len(self._jobs)
+
+    def gauges(self) -> tuple[list[JobGauges], int]:
+        """(the newest round's gauges of each job that has one, jobs that failed to load);
+        no I/O, so /metrics can read it on the event loop."""
+        with self._jobs_lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.job_id)
+            failed = len(self._failed)
+        return [g for g in map(describe_gauges, jobs) if g is not None], failed
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._loaded.wait(timeout)
@@ -178,6 +184,9 @@ class SelectionService:
             raise NotReadyError("the service is still loading its state; retry in a moment")
         job = self._jobs.get(job_id)
         if job is None:
+            failed = self._failed.get(job_id)
+            if failed is not None:
+                raise failed.refusal()
             raise UnknownJobError(
                 f"no job {job_id!r}; create it with POST /v1/jobs or list jobs with GET /v1/jobs",
                 field="job_id",
@@ -191,7 +200,11 @@ class SelectionService:
         spec = JobSpec.new(request)
         with self._jobs_lock:
             existing = self._jobs.get(request.job_id)
+            failed = self._failed.get(request.job_id)
+            if failed is not None:
+                raise failed.refusal()
             if existing is None:
+                check_job_size(request, self.max_job_bytes)
                 if not self.store.create_job(request.job_id, spec.to_bytes()):
                     raise ConflictError(
                         f"job {request.job_id!r} exists in the store but not in this process",
@@ -217,9 +230,16 @@ class SelectionService:
             raise NotReadyError("the service is still loading its state; retry in a moment")
         with self._jobs_lock:
             jobs = sorted(self._jobs.values(), key=lambda j: j.job_id)
-        return JobListResponse(jobs=[job.response() for job in jobs])
+            failed = [self._failed[job_id] for job_id in sorted(self._failed)]
+        return JobListResponse(
+            jobs=[job.response() for job in jobs],
+            failed=[FailedJobResponse(job_id=f.job_id, error=f.error) for f in failed],
+        )
 
     def delete_job(self, job_id: str) -> None:
+        if job_id in self._failed and self._loaded.is_set():
+            self._delete_failed(job_id)
+            return
         job = self.job(job_id)
         with job.lock:
             job.deleted = True
@@ -228,6 +248,14 @@ class SelectionService:
             self.store.delete_job(job_id)
         job.keeper.delete()
         log.info("deleted job %s", job_id)
+
+    def _delete_failed(self, job_id: str) -> None:
+        """Remove what is stored of a job that failed to load (only DELETE can)."""
+        self.store.delete_job(job_id)
+        shutil.rmtree(self.data_dir / "indexes" / job_id, ignore_errors=True)
+        with self._jobs_lock:
+            self._failed.pop(job_id, None)
+        log.info("deleted job %s, which had failed to load", job_id)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -257,19 +285,7 @@ class SelectionService:
     def _maybe_compact(self, job: Job) -> None:
         """Rounds compact the log after publishing; a job ingesting for long without rounds is
         compacted from here, on the round thread (so never while a round computes)."""
-        if job.compaction_queued or not is_compaction_due(job, factor=2.0):
-            return
-        job.compaction_queued = True
-
-        def compact() -> None:
-            try:
-                compact_if_due(job, self.store)
-            except Exception:
-                log.exception("could not compact the log of job %s", job.job_id)
-            finally:
-                job.compaction_queued = False
-
-        self._rounds.submit(compact)
+        queue_compaction(job, self.store, self._rounds)
 
     def _maybe_auto_round(self, job: Job) -> None:
         fraction = job.spec.request.auto_round_fraction

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from grace_selection.adapters.store_records import StateSnapshot
 from grace_selection.core.coreset import sha256_of_indices
 from grace_selection.service.jobs import Job
 from grace_selection.service.lifecycle import get_utc_now
+from grace_selection.service.resources import release_free_memory
 from grace_selection.service.round_step import step_round
 from grace_selection.service.rounds import measure_churn
 
@@ -58,6 +60,7 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
             "weighted": coreset.weights is not None,
             "rescore_count": int(result.rescore_plan.size),
             "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
+            "estimated_fraction": float(np.count_nonzero(result.estimated)) / max(job.spec.n, 1),
             "churn": measure_churn(previous, coreset.indices),
             "timings": RoundTimings(
                 graph_seconds=outcome.graph_seconds,
@@ -93,6 +96,7 @@ def after_publish(job: Job, store: ScoreStore, r: int) -> None:
         compact_if_due(job, store)
     except Exception:
         log.exception("could not compact the log of job %s; replay will take longer", job.job_id)
+    release_free_memory()  # the round's working copies and a replaced index
 
 
 def is_compaction_due(job: Job, factor: float = 1.0) -> bool:
@@ -118,6 +122,24 @@ def compact_if_due(job: Job, store: ScoreStore, *, force: bool = False) -> bool:
     store.write_snapshot(job.job_id, StateSnapshot(seq, arrays))
     log.info("compacted job %s through log seq %d", job.job_id, seq)
     return True
+
+
+def queue_compaction(job: Job, store: ScoreStore, executor: Executor) -> None:
+    """Compact on `executor` (the round thread) once the log has outgrown twice the state;
+    at most one compaction of a job is queued at a time."""
+    if job.compaction_queued or not is_compaction_due(job, factor=2.0):
+        return
+    job.compaction_queued = True
+
+    def compact() -> None:
+        try:
+            compact_if_due(job, store)
+        except Exception:
+            log.exception("could not compact the log of job %s", job.job_id)
+        finally:
+            job.compaction_queued = False
+
+    executor.submit(compact)
 
 
 def describe(manifest: RoundManifest) -> str:

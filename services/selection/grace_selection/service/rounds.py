@@ -37,11 +37,15 @@ class RoundData:
     """A published round's arrays: indices (K,) int64 sorted, weights (K,) float32 or None,
     rescore (m,) int64: the plan to score for the next round, importance (N,) float32: what
     this round's selection used, estimated (N,) bool: which of it were estimates, loss (N,)
-    float32: the loss it saw. `round` is the published round they belong to. Importance,
-    estimated and loss are None for a round stored without them."""
+    float32: the loss it saw. `round` is the published round they belong to, `incarnation`
+    the job's (slices carry it, also for rounds whose manifest predates the field).
+    Importance, estimated and loss are None for a round stored without them."""
 
-    def __init__(self, round_: PublishedRound, arrays: dict[str, npt.NDArray[Any]]) -> None:
+    def __init__(
+        self, round_: PublishedRound, arrays: dict[str, npt.NDArray[Any]], incarnation: str = ""
+    ) -> None:
         self.round = round_
+        self.incarnation = incarnation
         self.indices: npt.NDArray[np.int64] = np.asarray(arrays["indices"], dtype=np.int64)
         weights = arrays.get("weights")
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
@@ -100,6 +104,7 @@ class RoundData:
                 weights=None if weights is None else weights.tolist(),
                 total=int(self.indices.shape[0]),
                 indices_sha256=sha,
+                job_incarnation=self.incarnation or None,
             )
             return Body(answer.model_dump_json().encode(), "application/json")
         meta = {
@@ -109,6 +114,7 @@ class RoundData:
             "world": world,
             "total": int(self.indices.shape[0]),
             "indices_sha256": sha,
+            "job_incarnation": self.incarnation or None,
         }
         arrays: dict[str, npt.NDArray[Any]] = {"indices": ids}
         if weights is not None:

@@ -1,8 +1,17 @@
-"""A job's spec: what it was created with, stored as JSON and compared on re-create."""
+"""A job's spec: what it was created with, stored as JSON and compared on re-create.
+
+`incarnation` names one life of a job id: it is drawn when the job is created and stored with
+the spec, so that a client can tell a job deleted and created again under the same id (or a
+fresh service reusing an id) from the one whose rounds it cached. Specs stored before it
+existed get one derived from their stored bytes: stable across restarts, distinct per creation
+(the bytes hold the creation time).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,6 +28,7 @@ class JobSpec:
     request: CreateJobRequest
     created_at: datetime
     config: SelectionConfig
+    incarnation: str
 
     @property
     def job_id(self) -> str:
@@ -36,6 +46,7 @@ class JobSpec:
         body = {
             "request": self.request.model_dump(mode="json"),
             "created_at": self.created_at.isoformat(),
+            "incarnation": self.incarnation,
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
@@ -43,8 +54,12 @@ class JobSpec:
     def from_bytes(cls, raw: bytes) -> JobSpec:
         body = json.loads(raw)
         request = CreateJobRequest.model_validate(body["request"])
+        incarnation = body.get("incarnation") or hashlib.sha256(raw).hexdigest()[:32]
         return cls(
-            request, datetime.fromisoformat(body["created_at"]), build_core_config(request.config)
+            request,
+            datetime.fromisoformat(body["created_at"]),
+            build_core_config(request.config),
+            str(incarnation),
         )
 
     @classmethod
@@ -58,7 +73,7 @@ class JobSpec:
                 'must be the path of a .jsonl file whose line i holds sample i as {"text": ...}',
                 field="text_source",
             )
-        return cls(request, datetime.now(UTC), config)
+        return cls(request, datetime.now(UTC), config, uuid.uuid4().hex)
 
     def same_request(self, other: CreateJobRequest) -> bool:
         return self.request.model_dump(mode="json") == other.model_dump(mode="json")

@@ -51,6 +51,12 @@ class JobArrays:
     def scratch(self) -> npt.NDArray[np.int64]:
         return self._scratch
 
+    def reserve(self, batch: Batch) -> None:
+        """Allocate what `apply(batch)` will write into (the embedding matrix, at the first
+        embedding batch), so that applying cannot run out of memory; MemoryError here."""
+        if isinstance(batch, EmbeddingBatch) and self.embeddings is None:
+            self.embeddings = np.zeros((self.n, self.dim), dtype=np.float32)
+
     def apply(self, batch: Batch, seq: int) -> None:
         """Apply a checked batch recorded at log position `seq`; the last write wins."""
         if isinstance(batch, EmbeddingBatch):

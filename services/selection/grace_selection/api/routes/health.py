@@ -21,11 +21,13 @@ async def healthz() -> Response:
     "/readyz",
     operation_id="readyz",
     response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "not ready; checks say why"}},
+    responses={
+        200: {"description": "ready; `job:<id>` checks list jobs that failed to load"},
+        503: {"model": HealthResponse, "description": "not ready; checks say why"},
+    },
 )
 async def readyz(service: Service) -> Response:
-    checks = await run_in_threadpool(service.readiness)
-    ready = all(value == "ok" for value in checks.values())
+    ready, checks = await run_in_threadpool(service.readiness)
     answer = HealthResponse(status="ok" if ready else "unavailable", checks=checks)
     return make_json_response(answer, 200 if ready else 503)
 

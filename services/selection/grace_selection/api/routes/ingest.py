@@ -17,7 +17,9 @@ from grace_proto.models import ErrorResponse, IngestResponse, ScoreBatchRequest
 from grace_selection.api.auth import WRITE
 from grace_selection.api.deps import (
     BINARY_BODY,
+    INSUFFICIENT_MEMORY,
     JSON_MEDIA,
+    UNAUTHORIZED,
     JobId,
     Service,
     make_json_response,
@@ -30,12 +32,20 @@ router = APIRouter(
     tags=["ingest"],
     dependencies=WRITE,
     responses={
-        400: {"model": ErrorResponse, "description": "not a frame / not JSON"},
+        400: {
+            "model": ErrorResponse,
+            "description": "`invalid_frame`: not a frame; `malformed_json`: not JSON",
+        },
         404: {"model": ErrorResponse},
-        409: {"model": ErrorResponse, "description": "batch id reused for other data"},
+        409: {
+            "model": ErrorResponse,
+            "description": "`batch_id_reused` for other data, or `job_failed_to_load`",
+        },
         413: {"model": ErrorResponse, "description": "body over GRACE_MAX_BODY_BYTES"},
         415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
+        **UNAUTHORIZED,
+        **INSUFFICIENT_MEMORY,
     },
 )
 

@@ -13,6 +13,8 @@ from grace_proto.frames import MEDIA_TYPE
 from grace_proto.models import ErrorResponse, RoundDiffResponse, SampleResponse
 from grace_selection.api.auth import READ
 from grace_selection.api.deps import (
+    FAILED_JOB,
+    UNAUTHORIZED,
     JobId,
     RoundRef,
     Service,
@@ -23,7 +25,12 @@ from grace_selection.api.deps import (
 router = APIRouter(
     tags=["inspection"],
     dependencies=READ,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        **UNAUTHORIZED,
+        **FAILED_JOB,
+    },
 )
 
 

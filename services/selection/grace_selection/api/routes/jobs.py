@@ -14,9 +14,16 @@ from grace_proto.models import (
     JobResponse,
 )
 from grace_selection.api.auth import READ, WRITE
-from grace_selection.api.deps import JobId, Service, make_json_response
+from grace_selection.api.deps import (
+    FAILED_JOB,
+    MALFORMED_JSON,
+    UNAUTHORIZED,
+    JobId,
+    Service,
+    make_json_response,
+)
 
-router = APIRouter(tags=["jobs"], responses={422: {"model": ErrorResponse}})
+router = APIRouter(tags=["jobs"], responses={422: {"model": ErrorResponse}, **UNAUTHORIZED})
 
 
 @router.post(
@@ -27,7 +34,13 @@ router = APIRouter(tags=["jobs"], responses={422: {"model": ErrorResponse}})
     dependencies=WRITE,
     responses={
         200: {"model": JobResponse, "description": "identical job already exists"},
-        409: {"model": ErrorResponse},
+        409: {"model": ErrorResponse, "description": "`job_exists` with another spec"},
+        422: {
+            "model": ErrorResponse,
+            "description": "a value is wrong; `job_too_large` when n_samples x dim needs more "
+            "memory than GRACE_MAX_JOB_BYTES (extra: needed_bytes, limit_bytes)",
+        },
+        **MALFORMED_JSON,
     },
 )
 async def create_job(request: CreateJobRequest, service: Service) -> Response:
@@ -45,7 +58,7 @@ async def list_jobs(service: Service) -> Response:
     operation_id="get_job",
     response_model=JobResponse,
     dependencies=READ,
-    responses={404: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, **FAILED_JOB},
 )
 async def get_job(job: JobId, service: Service) -> Response:
     return make_json_response(await run_in_threadpool(service.job_response, job))
@@ -68,7 +81,7 @@ async def delete_job(job: JobId, service: Service) -> Response:
     operation_id="put_checkpoint",
     response_model=CheckpointInfo,
     dependencies=WRITE,
-    responses={404: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, **FAILED_JOB, **MALFORMED_JSON},
 )
 async def put_checkpoint(job: JobId, request: CheckpointRequest, service: Service) -> Response:
     return make_json_response(await run_in_threadpool(service.put_checkpoint, job, request))

@@ -21,7 +21,10 @@ from grace_proto.models import (
 )
 from grace_selection.api.auth import READ, WRITE
 from grace_selection.api.deps import (
+    FAILED_JOB,
     JSON_MEDIA,
+    MALFORMED_JSON,
+    UNAUTHORIZED,
     Format,
     JobId,
     RoundRef,
@@ -33,7 +36,12 @@ from grace_selection.service.errors import InvalidInputError
 
 router = APIRouter(
     tags=["rounds"],
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        **UNAUTHORIZED,
+        **FAILED_JOB,
+    },
 )
 _COMPUTING: dict[int | str, dict[str, Any]] = {
     202: {"model": RoundManifest, "description": "still computing; retry after Retry-After s"}
@@ -50,7 +58,13 @@ Of = Annotated[int, Query(ge=1, le=1_000_000, description="number of worker shar
     status_code=202,
     response_model=RoundManifest,
     dependencies=WRITE,
-    responses={409: {"model": ErrorResponse, "description": "no scores yet"}},
+    responses={
+        409: {
+            "model": ErrorResponse,
+            "description": "`no_scores` yet, or `job_failed_to_load`",
+        },
+        **MALFORMED_JSON,
+    },
 )
 async def trigger_round(
     job: JobId, service: Service, request: Annotated[TriggerRoundRequest | None, Body()] = None

@@ -21,6 +21,7 @@ const config = JSON.parse($("grace-config").textContent);
 const api = new Api(config.apiPrefix);
 const state = {
   jobs: [],
+  failedJobs: [],
   jobId: null,
   job: null,
   rounds: [],
@@ -53,8 +54,26 @@ function needToken(message) {
   showError(message);
 }
 
+// Stored jobs that failed to load at start-up: listed (with why) so that they are not
+// invisible; the API refuses everything on them but DELETE.
+function failedJobRows() {
+  return state.failedJobs.map((job) =>
+    h(
+      "tr",
+      { class: "load-failed", dataset: { job: job.job_id }, title: job.error },
+      h("td", {}, job.job_id),
+      h("td", {}, h("span", { class: "status failed" }, "failed to load")),
+      h("td", { colspan: 3, class: "error-text" }, `${job.error} (DELETE /v1/jobs/${job.job_id} removes it)`),
+    ),
+  );
+}
+
 function renderJobs() {
   const body = $("jobs-table").tBodies[0];
+  if (!state.jobs.length && state.failedJobs.length) {
+    fill(body, failedJobRows());
+    return;
+  }
   if (!state.jobs.length) {
     fill(
       body,
@@ -84,7 +103,7 @@ function renderJobs() {
         h("td", { class: "num" }, job.current_round ?? "–"),
         h("td", { class: "num" }, job.last_round_seconds === null ? "–" : `${formatNumber(job.last_round_seconds)} s`),
       ),
-    ),
+    ).concat(failedJobRows()),
   );
 }
 
@@ -309,7 +328,9 @@ async function poll() {
   polling = true;
   clearTimeout(timer);
   try {
-    state.jobs = (await api.jobs()).jobs;
+    const listing = await api.jobs();
+    state.jobs = listing.jobs;
+    state.failedJobs = listing.failed ?? [];
     if (!state.jobId && state.jobs.length) state.jobId = state.jobs[0].job_id;
     renderJobs();
     await refreshJob();
