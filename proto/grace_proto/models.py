@@ -42,6 +42,7 @@ class SelectionConfigModel(_Model):
     importance_weight: float = Field(1.0, ge=0, le=1)
     stratum_budgets: dict[int, float] | None = None
     weighted: bool = True
+    sampling_power: float = Field(1.0, ge=0)
 
 
 class CreateJobRequest(_Model):

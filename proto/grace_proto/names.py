@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-SelectorName = Literal["graph_message_passing", "facility_location"]
+SelectorName = Literal["graph_message_passing", "facility_location", "importance_sampling"]
 """How a round picks its coreset (`grace_selection.core.selectors.SELECTORS`)."""
 
 EstimationRule = Literal["keep", "delta", "smooth"]

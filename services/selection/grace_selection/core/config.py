@@ -51,6 +51,8 @@ class SelectionConfig:
     importance_weight: alpha in combined = alpha * importance + (1 - alpha) * loss rank.
     stratum_budgets: optional {stratum: share of the budget}; None splits proportionally.
     weighted: return CRAIG-style weights (how many samples each pick stands for).
+    sampling_power: of `importance_sampling`, P(pick) proportional to utility ** power
+        (0: uniform random; large: close to a top-k).
     """
 
     budget_fraction: float = 0.1
@@ -68,6 +70,7 @@ class SelectionConfig:
     importance_weight: float = 1.0
     stratum_budgets: Mapping[int, float] | None = field(default=None)
     weighted: bool = True
+    sampling_power: float = 1.0
 
     def __post_init__(self) -> None:
         _check_fraction("budget_fraction", self.budget_fraction, allow_zero=False)
@@ -89,6 +92,7 @@ class SelectionConfig:
                 f"unknown rule {self.estimation_rule!r}; use one of {list(ESTIMATION_RULES)}",
             )
         _check_nonneg("smooth_strength", self.smooth_strength)
+        _check_nonneg("sampling_power", self.sampling_power)
         _check_fraction("drift_threshold", self.drift_threshold, upper=2.0)
         _check_fraction("importance_weight", self.importance_weight)
         if self.stratum_budgets is not None:

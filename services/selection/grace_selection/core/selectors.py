@@ -22,6 +22,7 @@ from grace_selection.core.facility_location import select_facility_location
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.importance import combine_scores, readmit_guarded
 from grace_selection.core.message_passing import select_graph_message_passing
+from grace_selection.core.sampling import select_by_importance_sampling
 from grace_selection.core.scores import ScoreTable
 from grace_selection.core.strata import partition_by_stratum
 from grace_selection.core.weights import compute_coverage_weights
@@ -42,6 +43,7 @@ SELECTORS: Mapping[SelectorName, Selector] = MappingProxyType(
     {
         "graph_message_passing": select_graph_message_passing,
         "facility_location": select_facility_location,
+        "importance_sampling": select_by_importance_sampling,
     }
 )
 
@@ -57,13 +59,14 @@ def select_coreset(
        stratum's own subgraph by `SELECTORS[config.selector]`; if the noise guard left a
        stratum fewer candidates than its budget, its least important guarded samples return;
     4. CRAIG weights per stratum when config.weighted.
-    Randomness comes only from np.random.default_rng(seed), consumed in stratum order, so the
-    same inputs and seed give the identical coreset, digest included.
+    Randomness comes only from np.random.default_rng([seed, round_]), consumed in stratum
+    order: a stochastic selector draws afresh each round, and the same inputs, seed and round
+    give the identical coreset, digest included.
     """
     _check_inputs(graph, scores, round_, seed)
     utility, eligible = combine_scores(scores, config)
     budget = budget_size(graph.n, config.budget_fraction)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, round_])
     selector = SELECTORS[config.selector]
     all_picks: list[npt.NDArray[np.int64]] = []
     all_weights: list[npt.NDArray[np.float32]] = []
