@@ -7,6 +7,7 @@ its shard, and the service's own counts show that nothing was applied twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -154,6 +155,31 @@ def test_rounds_are_scored_once_with_the_published_checkpoint(
     assert (job.embedded_count, job.scored_count) == (N_SAMPLES, N_SAMPLES)  # distinct samples
     rounds = {client.get_sample("pool-rounds", int(i)).scored_round for i in plan[:5]}
     assert rounds == {1}
+
+
+def test_input_embeddings_need_no_forward_pass_and_still_make_a_round(
+    ray_cluster: Any,
+    service: ServiceProcess,
+    corpus: tuple[Path, TokenDataset],
+    checkpoints: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """--embedding input: every sample gets an embedding (the mean of its input token
+    embeddings), none gets a score, and the service publishes a round from the graph alone."""
+    _, ds = corpus
+    _, trained = checkpoints
+    client = create_job(service, "pool-input", tmp_path)
+    worker = dataclasses.replace(
+        settings_for(service, "pool-input", ds.path, trained), embedding="input"
+    )
+    with ScoringPool(worker, PoolSettings(workers=1, progress=False)) as pool:
+        report = pool.score_round(0)
+    assert report.samples == N_SAMPLES
+    job = client.get_job("pool-input")
+    assert (job.embedded_count, job.scored_count) == (N_SAMPLES, 0)
+    client.trigger_round("pool-input")
+    manifest = client.wait_for_round("pool-input", 0, timeout=60)
+    assert manifest.count == round(0.25 * N_SAMPLES)
 
 
 class KillOnceWorker(ScoringWorker):

@@ -18,6 +18,7 @@ from tests.unit.api_support import (
     create_job,
     embeddings_frame,
     frame,
+    make_clustered,
     post_frame,
     scores_frame,
     wait_published,
@@ -142,6 +143,42 @@ def test_scores_for_the_next_round_only(client: TestClient) -> None:
     answer = post_frame(client, "/v1/jobs/job/scores", scores_frame([1], "x", round_=1, loss=[1.0]))
     assert answer.status_code == 422
     assert answer.json()["field"] == "meta.round"
+
+
+def test_a_first_round_from_embeddings_alone_then_from_what_the_trainer_reports(
+    client: TestClient,
+) -> None:
+    """With embeddings and no score, round 0 samples on the graph alone; losses and
+    importance a trainer reports for round 1 are fresh there and steer it."""
+    config = {"selector": "importance_sampling", "rescore_fraction": 0.0, "weighted": False}
+    config["sampling_power"] = 8.0
+    create_job(client, "free", n=N, dim=DIM, config={"budget_fraction": 0.25, **config})
+    body = embeddings_frame(np.arange(N), make_clustered(N, DIM), "e0")
+    assert post_frame(client, "/v1/jobs/free/embeddings", body).status_code == 200
+    assert client.post("/v1/jobs/free/rounds").status_code == 202
+    first = wait_published(client, "free", 0)
+    assert first["status"] == "published"
+    assert first["count"] == N // 4
+    assert first["rescore_count"] == 0
+    shown = decode_frame(client.get("/v1/jobs/free/rounds/0/indices?format=bin").content)
+    trained = np.asarray(shown.arrays["indices"], dtype=np.int64)
+    # The trainer reports the samples it trained on, for the next round: half of them get a
+    # high importance, which a power-8 draw must then prefer over never-seen samples.
+    high = trained[: trained.size // 2]
+    importance = np.where(np.isin(trained, high), 1.0, 0.001)
+    report = scores_frame(
+        trained, "t0", round_=1, importance=importance, loss=importance, source="trainer"
+    )
+    assert post_frame(client, "/v1/jobs/free/scores", report).status_code == 200
+    assert client.post("/v1/jobs/free/rounds", json={"seed": 1}).status_code == 202
+    second = wait_published(client, "free", 1)
+    assert second["status"] == "published"
+    assert second["rescored_fraction"] == pytest.approx(trained.size / N)
+    picked = decode_frame(client.get("/v1/jobs/free/rounds/1/indices?format=bin").content)
+    ids = np.asarray(picked.arrays["indices"], dtype=np.int64)
+    share_high = np.isin(high, ids).mean()
+    share_low = np.isin(np.setdiff1d(trained, high), ids).mean()
+    assert share_high > 0.5 > share_low
 
 
 def test_reads_are_answered_while_a_round_is_computing(client: TestClient) -> None:

@@ -12,6 +12,7 @@ from grace_workers.scoring import (
     exact_grad_norms,
     mean_token_loss,
     output_token_stats,
+    pool_input_embeddings,
     score_batch,
 )
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
@@ -261,3 +262,14 @@ def test_a_loss_mask_scores_only_the_response_tokens() -> None:
     # Without the mask every real token after the first counts.
     plain = score_batch(model, ids, mask)
     assert torch.allclose(plain.loss, token_loss.mean(dim=1), atol=1e-5)
+
+
+def test_pooled_input_embeddings_are_the_mean_of_the_real_tokens_rows() -> None:
+    torch.manual_seed(4)
+    model = TinyGPT(TinyGPTConfig(vocab_size=30, block_size=8, n_layer=1, n_embd=8))
+    ids = torch.tensor([[3, 5, 7, 0], [9, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    pooled = pool_input_embeddings(model.input_embeddings, ids, mask)
+    table = model.wte.weight.detach()
+    assert torch.allclose(pooled[0], table[[3, 5, 7]].mean(dim=0), atol=1e-6)
+    assert torch.allclose(pooled[1], table[9], atol=1e-6)

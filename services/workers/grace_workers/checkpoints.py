@@ -70,6 +70,16 @@ class HuggingFaceCausalLM(nn.Module):
     def output_layer(self) -> nn.Linear:
         return self.head
 
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        table = self.model.get_input_embeddings()  # type: ignore[operator]
+        if not isinstance(table, nn.Embedding):
+            raise CheckpointError(
+                f"{type(self.model).__name__}'s input embeddings are {type(table).__name__}, "
+                "not an Embedding table; use --embedding hidden for this model"
+            )
+        return table
+
     def _inputs(self, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, Tensor]:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         inputs = {"input_ids": input_ids, "attention_mask": mask}

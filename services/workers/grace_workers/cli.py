@@ -78,6 +78,13 @@ def register(subparsers: Any) -> None:
         help="use the exact per-sample gradient norm of this parameter as importance "
         "(repeatable, e.g. head.weight); default: the closed-form output-layer norm",
     )
+    score.add_argument(
+        "--embedding",
+        choices=("hidden", "input"),
+        default="hidden",
+        help="hidden: score every sample (a forward pass each); input: post only the mean of "
+        "its input token embeddings, no forward pass (scores then come from the trainer)",
+    )
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.add_argument("--json", action="store_true", help="print the round report as JSON")
     score.set_defaults(func=run_score, extra="worker")
@@ -196,6 +203,7 @@ def run_score(args: argparse.Namespace) -> int:
             device=args.device,
             max_tokens=args.max_tokens,
             exact_params=tuple(args.exact_grad),
+            embedding=args.embedding,
         )
         pool = PoolSettings(
             workers=args.workers,

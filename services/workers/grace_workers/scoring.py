@@ -224,6 +224,18 @@ def score_batch(
         )
 
 
+def pool_input_embeddings(table: nn.Embedding, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, C): the mean of each sample's input token embeddings over its real tokens.
+
+    No forward pass: a lookup and a mean, a few operations per token against the 2P of a
+    scoring pass, so an embedding of every sample costs next to nothing. It places samples by
+    the words they use (the graph finds the pairs that share a response, say), not by what the
+    model makes of them.
+    """
+    with torch.inference_mode():
+        return masked_mean(table(input_ids).float(), attention_mask)
+
+
 def mean_token_loss(
     logits: Tensor, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor | None = None
 ) -> Tensor:

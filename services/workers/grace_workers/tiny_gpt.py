@@ -120,6 +120,10 @@ class TinyGPT(nn.Module):
         return self.head
 
     @property
+    def input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    @property
     def max_positions(self) -> int:
         return self.config.block_size
 

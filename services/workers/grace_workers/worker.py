@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,7 @@ from grace_workers.batching import batch_key, collate, plan_batches, response_ma
 from grace_workers.checkpoints import HuggingFaceCausalLM, LoadedModel, load_model
 from grace_workers.dataset import DatasetFormatError, TokenDataset
 from grace_workers.projection import make_projection, project_embeddings
-from grace_workers.scoring import exact_grad_norms, score_batch
+from grace_workers.scoring import exact_grad_norms, pool_input_embeddings, score_batch
 from grace_workers.tiny_gpt import TinyGPT
 
 
@@ -50,6 +50,9 @@ class WorkerSettings:
     plan_wait: seconds to wait for a plan whose previous round is still computing.
     exact_params: parameter names (e.g. "head.weight", a LoRA adapter's) whose exact
         per-sample gradient norm replaces the closed-form importance; slower, see scoring.
+    embedding: "hidden" scores every sample (loss, importance, pooled final hidden state: one
+        forward pass each); "input" posts only the mean of each sample's input token
+        embeddings, no forward pass, for jobs whose scores come from the trainer's reports.
     """
 
     service_url: str
@@ -65,8 +68,11 @@ class WorkerSettings:
     backoff_cap: float = 8.0
     plan_wait: float = 600.0
     exact_params: tuple[str, ...] = ()
+    embedding: Literal["hidden", "input"] = "hidden"
 
     def __post_init__(self) -> None:
+        if self.embedding not in ("hidden", "input"):
+            raise ValueError(f"embedding: must be 'hidden' or 'input', got {self.embedding!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.max_tokens is not None and self.max_tokens < 2:
@@ -196,6 +202,19 @@ class ScoringWorker:
         for index, batch_ids in enumerate(batches):
             t0 = time.perf_counter()
             input_ids, mask = collate(self.dataset, batch_ids, limit)
+            if self.settings.embedding == "input":
+                pooled = pool_input_embeddings(
+                    loaded.model.input_embeddings, input_ids.to(self.device), mask.to(self.device)
+                )
+                arrays = {"embeddings": project_embeddings(pooled, projection).cpu().numpy()}
+                timer.score += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                key = batch_key(job.job_id, round_, shard, of, index, batch_ids.tolist())
+                fresh, dup = self.post_batch(key, round_, step, batch_ids, arrays)
+                accepted += fresh
+                duplicates += dup
+                timer.post += time.perf_counter() - t0
+                continue
             targets = response_mask(self.dataset, batch_ids, input_ids.shape[1])
             arrays = score_arrays(
                 loaded.model,
@@ -239,11 +258,14 @@ class ScoringWorker:
         ids: npt.NDArray[np.int64],
         arrays: dict[str, npt.NDArray[np.float32]],
     ) -> tuple[int, int]:
-        """Post one batch's embeddings and scores; (samples newly applied, duplicate requests)."""
+        """Post one batch's embeddings and scores (when it has them); (samples newly applied,
+        duplicate requests)."""
         job = self.settings.job
         emb = self.client.post_embeddings(
             job, ids, arrays["embeddings"], batch_id=f"{key}/emb", round=round_
         )
+        if "importance" not in arrays:
+            return emb.accepted, int(emb.duplicate)
         scores = self.client.post_scores(
             job,
             ids,

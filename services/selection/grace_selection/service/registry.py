@@ -307,13 +307,17 @@ class SelectionService:
             job.check_alive()
             if job.rounds.computing is not None:
                 return job.rounds.computing
+            # Embeddings alone are enough: a first round can select on the graph (diversity,
+            # sampling) and learn its scores from what the trainer reports.
             if (
                 not np.isfinite(job.arrays.importance).any()
                 and not np.isfinite(job.arrays.loss).any()
+                and not job.arrays.embedding_seq.any()
             ):
                 raise ConflictError(
-                    "no scores yet: POST importance or loss to .../scores (round 0 is the "
-                    "warm-up: GET .../rounds/0/rescore lists every sample) before a round",
+                    "no scores or embeddings yet: POST embeddings or importance/loss to "
+                    ".../embeddings or .../scores (round 0 is the warm-up: GET "
+                    ".../rounds/0/rescore lists every sample) before a round",
                     field="scores",
                     code="no_scores",
                 )
