@@ -43,6 +43,7 @@ class SelectionConfigModel(_Model):
     stratum_budgets: dict[int, float] | None = None
     weighted: bool = True
     sampling_power: float = Field(1.0, ge=0)
+    unscored_rank: float = Field(0.5, gt=0, le=1)
 
 
 class CreateJobRequest(_Model):

@@ -53,6 +53,8 @@ class SelectionConfig:
     weighted: return CRAIG-style weights (how many samples each pick stands for).
     sampling_power: of `importance_sampling`, P(pick) proportional to utility ** power
         (0: uniform random; large: close to a top-k).
+    unscored_rank: the utility rank of a sample with no importance (or loss) yet: 0.5 treats
+        it as a median one; 1 is optimism, unseen samples rank with the most important.
     """
 
     budget_fraction: float = 0.1
@@ -71,6 +73,7 @@ class SelectionConfig:
     stratum_budgets: Mapping[int, float] | None = field(default=None)
     weighted: bool = True
     sampling_power: float = 1.0
+    unscored_rank: float = 0.5
 
     def __post_init__(self) -> None:
         _check_fraction("budget_fraction", self.budget_fraction, allow_zero=False)
@@ -93,6 +96,7 @@ class SelectionConfig:
             )
         _check_nonneg("smooth_strength", self.smooth_strength)
         _check_nonneg("sampling_power", self.sampling_power)
+        _check_fraction("unscored_rank", self.unscored_rank, allow_zero=False)
         _check_fraction("drift_threshold", self.drift_threshold, upper=2.0)
         _check_fraction("importance_weight", self.importance_weight)
         if self.stratum_budgets is not None:

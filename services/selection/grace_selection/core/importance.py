@@ -76,13 +76,16 @@ def combine_scores(
 
     utility = alpha * rank(importance) + (1 - alpha) * rank(loss), alpha =
     config.importance_weight, each rank from `normalize_importance`; an unknown importance or
-    loss (NaN) counts as NEUTRAL_RANK. So utility is in (0, 1] and finite everywhere.
+    loss (NaN) counts as config.unscored_rank (NEUTRAL_RANK by default; 1 is optimism: a
+    sample nothing is known about ranks with the most important, so unseen data is tried
+    first). So utility is in (0, 1] and finite everywhere.
     eligible = `guard_noise(importance, config.noise_guard_fraction)`.
     Returns utility (N,) float32 and eligible (N,) bool.
     """
     alpha = float(config.importance_weight)
-    importance_rank = np.nan_to_num(normalize_importance(scores.importance), nan=NEUTRAL_RANK)
-    loss_rank = np.nan_to_num(normalize_importance(scores.loss), nan=NEUTRAL_RANK)
+    unknown = float(config.unscored_rank)
+    importance_rank = np.nan_to_num(normalize_importance(scores.importance), nan=unknown)
+    loss_rank = np.nan_to_num(normalize_importance(scores.loss), nan=unknown)
     utility = alpha * importance_rank.astype(np.float64) + (1.0 - alpha) * loss_rank
     eligible = guard_noise(scores.importance, config.noise_guard_fraction)
     return utility.astype(np.float32), eligible
