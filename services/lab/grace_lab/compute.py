@@ -66,3 +66,7 @@ class ComputeMeter:
 
     def charge_reference(self, flops: float) -> None:
         self.reference += flops
+
+    def can_score(self, params: int, tokens: int) -> bool:
+        """Whether a forward pass over `tokens` still fits in what is left of the budget."""
+        return forward_flops(params, tokens) <= self.remaining

@@ -50,6 +50,11 @@ def charged_scores(
     return score_samples(model, data.train, ids, DIM, seed)
 
 
+def can_afford(model: TinyGPT, data: FinetuneData, ids: I64, meter: ComputeMeter) -> bool:
+    tokens = int(np.minimum(data.train.lengths[ids], model.max_positions).sum())
+    return meter.can_score(matmul_params(model), tokens)
+
+
 class Legacy:
     """A score-free provider of the pretraining study (random, length, InfoBatch) adapted."""
 
@@ -155,6 +160,9 @@ class RhoLoss:
         rng = np.random.default_rng([self.seed, 0x51, round_])
         size = min(self.candidates.size, round(self.pool_factor * self.budget))
         pool = np.sort(rng.choice(self.candidates, size=size, replace=False)).astype(np.int64)
+        if not can_afford(model, self.data, pool, meter):
+            # The pool's pass would overrun the budget: train on a random part of it instead.
+            return RoundPlan(pool[: min(self.budget, pool.size)], info={"scoring_skipped": True})
         current = charged_scores(model, self.data, pool, meter, self.seed)
         reducible = current.loss - self.irreducible[pool]
         top = pool[np.argsort(-reducible, kind="stable")[: min(self.budget, pool.size)]]
@@ -218,8 +226,11 @@ class FinetuneGrace:
             self.job.apply_worker_scores(ids, 0, embeddings=vectors, loss=None, importance=None)
 
     def next_round(self, round_: int, model: TinyGPT, meter: ComputeMeter) -> RoundPlan:
-        scored_count = 0
-        if round_ > 0 and self.recipe.signals in ("workers", "both") and self.plan.size:
+        scored_count, skipped = 0, False
+        wants = round_ > 0 and self.recipe.signals in ("workers", "both") and self.plan.size > 0
+        if wants and not can_afford(model, self.data, self.plan, meter):
+            wants, skipped = False, True  # the plan's pass would overrun the budget: estimate
+        if wants:
             scored = charged_scores(model, self.data, self.plan, meter, self.seed)
             self.job.apply_worker_scores(
                 self.plan,
@@ -236,6 +247,7 @@ class FinetuneGrace:
             "graph_seconds": outcome.graph_seconds,
             "select_seconds": outcome.select_seconds,
             "graph_rebuilt": bool(update is not None and update.rebuilt),
+            "scoring_skipped": skipped,
         }
         coreset = outcome.result.coreset
         if self.recipe.demote_trained and self.trained.any():
