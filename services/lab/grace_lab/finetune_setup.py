@@ -39,8 +39,9 @@ from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
 # is drawn in proportion to utility, not taken as a top-k.
 GRACE_CONFIG = SelectionConfig(
     selector="importance_sampling",
+    sampling_power=3.0,
     rescore_fraction=0.0,
-    estimation_rule="smooth",
+    estimation_rule="delta",
     unscored_rank=1.0,
     weighted=False,
 )
