@@ -28,6 +28,7 @@ from grace_lab.paper_methods import SelectorStatic
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.scores import ScoreTable
 from grace_selection.core.selectors import select_coreset
+from grace_selection.service.round_step import RoundOutcome
 from grace_workers.projection import make_projection
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
 
@@ -212,6 +213,7 @@ class FinetuneGrace:
         self.job = LocalJob(n, DIM, recipe.config, seed, data.train_strata)
         self.plan: I64 = np.arange(n, dtype=np.int64)
         self.trained = np.zeros(n, dtype=np.bool_)
+        self.last_outcome: RoundOutcome | None = None
         self._projection: torch.Tensor | None = None
 
     def begin(self, model: TinyGPT, meter: ComputeMeter) -> None:
@@ -241,6 +243,7 @@ class FinetuneGrace:
             )
             scored_count = self.plan.size
         outcome = self.job.step(round_)
+        self.last_outcome = outcome
         self.plan = outcome.result.rescore_plan
         update = outcome.update
         info = {
