@@ -329,11 +329,14 @@ class ScoreReporter:
 
     def _take_locked(self) -> ReportBatch:
         """The next batch to send: the head of the queue, merged with the mergeable batches
-        behind it up to `chunk_size` samples while the backlog of an outage drains."""
+        behind it up to `chunk_size` samples while a backlog drains: after an outage, or
+        whenever a full chunk waits (the sender fell behind, or an outage ended before this
+        thread ever saw it fail)."""
+        merging = self._draining or self._backlog_locked()
         parts = [self._queue.popleft()]
         size = parts[0].size
         while (
-            self._draining
+            merging
             and self._queue
             and can_merge(parts[0], self._queue[0])
             and size + self._queue[0].size <= self.chunk_size
@@ -343,6 +346,15 @@ class ScoreReporter:
         self._pending_bytes -= sum(p.nbytes for p in parts)
         prefix = f"trainer.{self.run}.k{self.rank}.r{parts[0].round}"
         return merge_batches(parts, prefix=prefix)
+
+    def _backlog_locked(self) -> bool:
+        """Whether at least `chunk_size` samples wait; the scan stops there, so it is short."""
+        waiting = 0
+        for queued in self._queue:
+            waiting += queued.size
+            if waiting >= self.chunk_size:
+                return True
+        return False
 
     def _send(self, batch: ReportBatch) -> None:
         accepted = 0
