@@ -69,8 +69,8 @@ class Study:
         parser.add_argument("--work-dir", type=Path, default=Path("var/finetune"))
         parser.add_argument("--threads", type=int, default=1, help="torch threads")
         parser.add_argument("--workers", type=int, default=1, help="Ray scoring actors")
-        parser.add_argument("--train-synsets", type=int, default=6000)
-        parser.add_argument("--held-out-pairs", type=int, default=1200)
+        parser.add_argument("--train-synsets", type=int, default=3000)
+        parser.add_argument("--held-out-pairs", type=int, default=600)
         parser.add_argument(
             "--label-noise",
             type=float,
@@ -83,7 +83,7 @@ class Study:
         )
         parser.add_argument("--jsonl", help='your training pairs: {"prompt","response","stratum"}')
         parser.add_argument("--held-out-jsonl", help="your held-out pairs (needed with --jsonl)")
-        parser.add_argument("--pretrain-documents", type=int, default=40_000)
+        parser.add_argument("--pretrain-documents", type=int, default=20_000)
         parser.add_argument("--pretrain-epochs", type=float, default=1.0)
         parser.add_argument("--epochs", type=int, default=3, help="full data's passes: C")
         parser.add_argument("--rounds", type=int, default=3)

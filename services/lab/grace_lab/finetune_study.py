@@ -55,7 +55,7 @@ CELLS: dict[str, dict[str, Any]] = {
     "noise 20% (the table)": {},
     "noise 40%": {"label_noise": 0.4},
     "strata balanced": {"pos_weights": (1.0, 1.0, 1.0, 1.0)},
-    "twice the data": {"train_synsets": 12_000},
+    "twice the data": {"data_scale": 2},
 }
 
 
@@ -123,7 +123,10 @@ def _plan(
     for cell in [c for c in args.cells.split(",") if c]:
         if cell not in CELLS:
             raise SystemExit(f"--cells: unknown {cell!r}; choose from {list(CELLS)}")
-        cell_study = replace(study, recipe=replace(study.recipe, **CELLS[cell]))
+        changes = dict(CELLS[cell])
+        if "data_scale" in changes:  # relative to the study's own size
+            changes["train_synsets"] = study.recipe.train_synsets * changes.pop("data_scale")
+        cell_study = replace(study, recipe=replace(study.recipe, **changes))
         plan.append((cell, cell_study, [*baselines, ("grace", GRACE_RECIPE)]))
     return plan
 

@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help="default: --json with .png")
     Study.add_arguments(parser)
     parser.add_argument("--grace-path", choices=("service", "inprocess"), default="service")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        help="write --json from these parts' rows (run as separate processes) and run nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [float(b) for b in args.budgets.split(",")]
     started = time.perf_counter()
+    if args.merge:
+        parts = [_load(path) for path in args.merge]
+        rows = [row for part in parts for row in part.get("rows", [])]
+        curves = [curve for part in parts for curve in part.get("curves", [])]
+        _save(args, study, rows, curves, sum(part.get("seconds", 0.0) for part in parts))
+        print(markdown_tables(rows, _names(rows)))
+        return 0
     saved = _load(args.json)
     rows, curves = saved.get("rows", []), saved.get("curves", [])
     done = {(r["method"], r["budget"], r["seed"]) for r in rows}
