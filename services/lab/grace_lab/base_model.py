@@ -37,9 +37,13 @@ def pretrain_base(
     lr: float = 3e-3,
 ) -> dict[str, Any]:
     """The base model's state after `epochs` passes over `corpus`; computed once per key."""
+    # Keyed by the corpus' content, not its folder: task recipes that share a general corpus
+    # (another train size, noise rate or stratum mix of the same seed) share one base model.
+    content = hashlib.sha256()
+    for name in ("tokens.npy", "offsets.npy"):
+        content.update((corpus.path / name).read_bytes())
     key = hashlib.sha256(
-        f"{config}|{seed}|{epochs}|{tokens_per_step}|{lr}|{corpus.meta.get('n_tokens')}|"
-        f"{corpus.path.resolve()}".encode()
+        f"{config}|{seed}|{epochs}|{tokens_per_step}|{lr}|{content.hexdigest()}".encode()
     ).hexdigest()[:12]
     path = cache / f"base-{key}.pt"
     if path.exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -62,6 +63,7 @@ class Study:
     pretrain_epochs: float = 1.0
     grace: GraceRecipe = GRACE_RECIPE
     full_rescoring: GraceRecipe = FULL_RESCORING_RECIPE
+    store: str = ""  # the service's store: "" embedded, or a redis:// URL
     service_url: list[str] = field(default_factory=list)  # set while services() runs
 
     @staticmethod
@@ -69,8 +71,8 @@ class Study:
         parser.add_argument("--work-dir", type=Path, default=Path("var/finetune"))
         parser.add_argument("--threads", type=int, default=1, help="torch threads")
         parser.add_argument("--workers", type=int, default=1, help="Ray scoring actors")
-        parser.add_argument("--train-synsets", type=int, default=3000)
-        parser.add_argument("--held-out-pairs", type=int, default=600)
+        parser.add_argument("--train-synsets", type=int, default=1500)
+        parser.add_argument("--held-out-pairs", type=int, default=400)
         parser.add_argument(
             "--label-noise",
             type=float,
@@ -88,7 +90,7 @@ class Study:
         parser.add_argument("--epochs", type=int, default=3, help="full data's passes: C")
         parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--lr", type=float, default=3e-3)
-        parser.add_argument("--eval-points", type=int, default=6)
+        parser.add_argument("--eval-points", type=int, default=5)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Study:
@@ -140,7 +142,8 @@ class Study:
 
         from grace_selection.local_service import start_local_service
 
-        service = start_local_service(self.work_dir / "service", index="hnsw")
+        service_dir = self.work_dir / f"service-{os.getpid()}-{int(time.time())}"
+        service = start_local_service(service_dir, store=self.store, index="hnsw")
         own_ray = not ray.is_initialized()
         if own_ray:
             ray.init(

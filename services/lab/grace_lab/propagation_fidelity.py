@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from grace_lab.finetune_setup import Study
 from grace_lab.local_job import LocalJob
 from grace_selection.core.config import ESTIMATION_RULES, SelectionConfig
 from grace_selection.core.importance import normalize_importance
@@ -85,16 +86,14 @@ def synthetic_rows(seed: int, rho: float, rule: str) -> list[dict[str, Any]]:
 
 
 def finetune_rows(
-    work_dir: Path, seed: int, rho: float, rule: str, budget: float
+    study: Study, seed: int, rho: float, rule: str, budget: float
 ) -> list[dict[str, Any]]:
     """GRACE with worker scoring on the fine-tuning task, a full re-score before each round."""
-    from grace_lab.finetune_data import FinetuneRecipe
     from grace_lab.finetune_methods import FinetuneGrace, GraceRecipe
-    from grace_lab.finetune_setup import Study, prepare_setup
-    from grace_lab.finetune_training import FinetuneSchedule, run_finetune
+    from grace_lab.finetune_setup import prepare_setup
+    from grace_lab.finetune_training import run_finetune
     from grace_lab.inprocess import score_samples
 
-    study = Study(FinetuneRecipe(), FinetuneSchedule(), work_dir)
     setup = prepare_setup(study, seed)
     config = SelectionConfig(budget_fraction=budget, rescore_fraction=rho, estimation_rule=rule)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []
@@ -119,7 +118,7 @@ def finetune_rows(
         setup.base_state,
         provider,
         budget * setup.reference,
-        replace(study.schedule, rounds=4),
+        replace(study.schedule, rounds=max(4, study.schedule.rounds)),
         seed,
     )
     return rows
@@ -148,11 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rhos", default="0.1,0.3")
     parser.add_argument("--rules", default=",".join(ESTIMATION_RULES))
     parser.add_argument("--tasks", default="synthetic,finetune")
-    parser.add_argument("--work-dir", type=Path, default=Path("var/finetune"))
-    parser.add_argument("--budget", type=float, default=1.0, help="fine-tuning compute / C")
+    parser.add_argument("--budget", type=float, default=0.5, help="fine-tuning compute / C")
+    Study.add_arguments(parser)  # the fine-tuning table's task, model and schedule
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    study = Study.from_args(args)
     rows: list[dict[str, Any]] = []
+    with study.services(needs_service=False):  # torch threads as --threads says
+        _run(args, study, rows)
+    _write(args.json, rows)
+    print(markdown(rows))
+    return 0
+
+
+def _run(args: argparse.Namespace, study: Study, rows: list[dict[str, Any]]) -> None:
     for task in args.tasks.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             for rho in [float(r) for r in args.rhos.split(",")]:
@@ -160,12 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                     if task == "synthetic":
                         rows += synthetic_rows(seed, rho, rule)
                     else:
-                        rows += finetune_rows(args.work_dir, seed, rho, rule, args.budget)
+                        rows += finetune_rows(study, seed, rho, rule, args.budget)
                     log.info("%s rho=%g %s: %s", task, rho, rule, summarize(rows, task, rho, rule))
                     _write(args.json, rows)
-    _write(args.json, rows)
-    print(markdown(rows))
-    return 0
 
 
 def summarize(rows: list[dict[str, Any]], task: str, rho: float, rule: str) -> dict[str, float]:
