@@ -4,6 +4,7 @@
         --json docs/results/finetune_tuning.json
     python -m grace_lab.finetune_study grid --seeds 1 --json docs/results/finetune_grid.json
     python -m grace_lab.finetune_study prepare --seeds 0,1,2
+    python -m grace_lab.finetune_study merge --parts a.json b.json --json merged.json
 
 `tune` runs named GRACE variants (`VARIANTS`) in-process (the service's own round through
 `LocalJob`) against the score-free baselines, on seeds the table never uses. `grid` runs the
@@ -48,6 +49,8 @@ VARIANTS: dict[str, GraceRecipe] = {
     "neutral unseen": _variant(unscored_rank=0.5),
     "gradient importance": replace(GRACE_RECIPE, importance="gradient"),
     "stratum budgets equal": _variant(stratum_budgets={0: 0.25, 1: 0.25, 2: 0.25, 3: 0.25}),
+    "message passing": _variant(selector="graph_message_passing"),
+    "facility location": _variant(selector="facility_location"),
 }
 BASELINES = ("random_per_round", "infobatch")
 CELLS: dict[str, dict[str, Any]] = {
@@ -64,11 +67,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("mode", choices=("tune", "grid", "prepare"))
+    parser.add_argument("mode", choices=("tune", "grid", "prepare", "merge"))
+    parser.add_argument("--parts", nargs="*", type=Path, default=[], help="merge: the JSON parts")
     parser.add_argument("--seeds", default="10,11,12")
     parser.add_argument("--budgets", default="0.2,0.3,0.5")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument(
+        "--baselines", default=",".join(BASELINES), help="methods run beside GRACE (may be empty)"
+    )
     parser.add_argument("--json", type=Path, default=Path("var/finetune/study.json"))
     Study.add_arguments(parser)
     return parser.parse_args(argv)
@@ -82,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "prepare":
         for seed in seeds:
             prepare_setup(study, seed)
+        return 0
+    if args.mode == "merge":  # parts run as separate processes, into --json
+        parts = [json.loads(path.read_text()) for path in args.parts]
+        merged_rows = [row for part in parts for row in part["rows"]]
+        merged_curves = [curve for part in parts for curve in part["curves"]]
+        seconds = sum(part["seconds"] for part in parts)
+        _save(args, study, merged_rows, merged_curves, seconds)
         return 0
     budgets = [float(b) for b in args.budgets.split(",")]
     saved: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
@@ -112,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 def _plan(
     args: argparse.Namespace, study: Study
 ) -> list[tuple[str | None, Study, list[tuple[str, GraceRecipe | None]]]]:
-    baselines: list[tuple[str, GraceRecipe | None]] = [(b, None) for b in BASELINES]
+    baselines: list[tuple[str, GraceRecipe | None]] = [
+        (b, None) for b in args.baselines.split(",") if b
+    ]
     if args.mode == "tune":
         names = [v for v in args.variants.split(",") if v]
         unknown = sorted(set(names) - set(VARIANTS))
