@@ -153,6 +153,8 @@ def _add_noise(pairs: list[Pair], share: float, seed: int) -> list[Pair]:
     """--label-noise on a user's pairs: that share gets the response of a random other row."""
     rng = np.random.default_rng([seed, 0x401])
     out = list(pairs)
+    if len(pairs) < 2:  # no other row to take a response from
+        return out
     for i in np.flatnonzero(rng.random(len(pairs)) < share).tolist():
         j = int(rng.integers(len(pairs) - 1))
         j += int(j >= i)

@@ -149,7 +149,11 @@ class RhoLoss:
             order = self.holdout[rng.permutation(self.holdout.size)]
             for start in range(0, order.size, per_step):
                 _, tokens = train_pairs_step(
-                    reference, optimizer, self.data.train, order[start : start + per_step], 64
+                    reference,
+                    optimizer,
+                    self.data.train,
+                    order[start : start + per_step],
+                    self.model_config.block_size,
                 )
                 meter.charge_reference(6.0 * params * tokens)
         scored = charged_scores(
@@ -234,10 +238,12 @@ class FinetuneGrace:
             wants, skipped = False, True  # the plan's pass would overrun the budget: estimate
         if wants:
             scored = charged_scores(model, self.data, self.plan, meter, self.seed)
+            # An input-embedding graph stays in its own space: re-scored samples keep their
+            # vectors (the service path's workers post input-embedding means every round).
             self.job.apply_worker_scores(
                 self.plan,
                 round_,
-                embeddings=scored.embeddings,
+                embeddings=scored.embeddings if self.recipe.embedding == "model" else None,
                 loss=scored.loss,
                 importance=scored.importance,
             )

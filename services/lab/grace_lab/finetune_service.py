@@ -63,7 +63,9 @@ class ServiceGrace:
             device="cpu",
             embedding="hidden" if recipe.embedding == "model" else "input",
         )
-        self.pool = ScoringPool(worker, PoolSettings(workers=workers, progress=False))
+        # A study shares its cores with others: a Ray worker importing torch may take minutes.
+        settings = PoolSettings(workers=workers, progress=False, start_timeout=900.0)
+        self.pool = ScoringPool(worker, settings)
         self._reporter: ScoreReporter | None = None
         self._round = 0
         self._lengths = np.minimum(np.asarray(data.train.lengths), 64)

@@ -154,8 +154,13 @@ def run_finetune(
     curve = [CurvePoint(0.0, evaluate(model, data, schedule.block))]
     run = FinetuneRun(provider.name, seed, budget, curve, meter, 0.0)
     step = 0
-    provider.begin(model, meter)
     try:
+        provider.begin(model, meter)
+        if meter.total > budget * (1 + 1e-9):
+            raise ValueError(
+                f"{provider.name}: choosing its data cost {meter.total / budget:.2f}x the run's "
+                "budget before any training; give it a larger budget"
+            )
         for round_ in range(schedule.rounds):
             plan = provider.next_round(round_, model, meter)
             share = meter.remaining / (schedule.rounds - round_)
@@ -180,8 +185,9 @@ def run_finetune(
                 trained_tokens += tokens
                 provider.observe(round_, step, signals)
                 step += 1
-                while marks and meter.total >= marks[0] - 1e-6:
-                    marks.pop(0)
+                if marks and meter.total >= marks[0] - 1e-6:
+                    while marks and meter.total >= marks[0] - 1e-6:
+                        marks.pop(0)  # a long step may pass several marks: one point for all
                     point = CurvePoint(meter.total, evaluate(model, data, schedule.block))
                     curve.append(point)
                     if on_point is not None:
@@ -200,6 +206,8 @@ def run_finetune(
         provider.close()
     if not curve or curve[-1].compute < meter.total - 1e-6 or len(curve) == 1:
         curve.append(CurvePoint(meter.total, evaluate(model, data, schedule.block)))
+        if on_point is not None:
+            on_point(curve[-1])
     run.wall_seconds = time.perf_counter() - started
     return run
 

@@ -51,12 +51,14 @@ class LocalJob:
         ids: I64,
         round_: int,
         *,
-        embeddings: F32,
+        embeddings: F32 | None,
         loss: F32 | None,
         importance: F32 | None,
     ) -> None:
-        """What a scoring worker posts for round `round_`: embeddings, then scores."""
-        self._apply(EmbeddingBatch(f"emb-{self._seq}", round_, ids, embeddings, b""))
+        """What a scoring worker posts for round `round_`: embeddings (unless None: the graph's
+        vectors stay as they are), then scores."""
+        if embeddings is not None:
+            self._apply(EmbeddingBatch(f"emb-{self._seq}", round_, ids, embeddings, b""))
         self._apply(ScoreBatch(f"s-{self._seq}", "worker", round_, 0, ids, loss, importance, b""))
 
     def apply_trainer_losses(self, ids: I64, losses: F32, round_: int, step: int) -> None:

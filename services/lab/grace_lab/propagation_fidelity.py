@@ -86,7 +86,7 @@ def synthetic_rows(seed: int, rho: float, rule: str) -> list[dict[str, Any]]:
 
 
 def finetune_rows(
-    study: Study, seed: int, rho: float, rule: str, budget: float
+    study: Study, seed: int, rho: float, rule: str, budget: float, embedding: str = "model"
 ) -> list[dict[str, Any]]:
     """GRACE with worker scoring on the fine-tuning task, a full re-score before each round."""
     from grace_lab.finetune_methods import FinetuneGrace, GraceRecipe
@@ -108,10 +108,12 @@ def finetune_rows(
                 if outcome is None:
                     raise RuntimeError("no outcome after a round step")
                 result = outcome.result
-                rows.append(_row("finetune", rho, rule, round_, seed, result, full.importance))
+                row = _row("finetune", rho, rule, round_, seed, result, full.importance)
+                rows.append({**row, "embedding": embedding})
             return plan
 
-    provider = Measured("grace", setup.data, GraceRecipe(config, signals="workers"), seed)
+    recipe = GraceRecipe(config, signals="workers", embedding=embedding)  # type: ignore[arg-type]
+    provider = Measured("grace", setup.data, recipe, seed)
     run_finetune(
         setup.data,
         setup.model_config,
@@ -148,11 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default=",".join(ESTIMATION_RULES))
     parser.add_argument("--tasks", default="synthetic,finetune")
     parser.add_argument("--budget", type=float, default=0.5, help="fine-tuning compute / C")
+    parser.add_argument(
+        "--embeddings",
+        default="model",
+        help="fine-tuning graph: model (pooled hidden states, re-embedded when re-scored), "
+        "input (input-embedding means, fixed)",
+    )
     Study.add_arguments(parser)  # the fine-tuning table's task, model and schedule
+    parser.add_argument("--merge", nargs="+", type=Path, help="write --json from these parts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     study = Study.from_args(args)
     rows: list[dict[str, Any]] = []
+    if args.merge:
+        for part in args.merge:
+            rows += json.loads(part.read_text())["rows"]
+        _write(args.json, rows)
+        print(markdown(rows))
+        return 0
     with study.services(needs_service=False):  # torch threads as --threads says
         _run(args, study, rows)
     _write(args.json, rows)
@@ -168,29 +183,34 @@ def _run(args: argparse.Namespace, study: Study, rows: list[dict[str, Any]]) -> 
                     if task == "synthetic":
                         rows += synthetic_rows(seed, rho, rule)
                     else:
-                        rows += finetune_rows(study, seed, rho, rule, args.budget)
-                    log.info("%s rho=%g %s: %s", task, rho, rule, summarize(rows, task, rho, rule))
+                        for embedding in args.embeddings.split(","):
+                            rows += finetune_rows(study, seed, rho, rule, args.budget, embedding)
+                    log.info("%s rho=%g %s: %s", task, rho, rule, summarize(rows, _key(rows[-1])))
                     _write(args.json, rows)
 
 
-def summarize(rows: list[dict[str, Any]], task: str, rho: float, rule: str) -> dict[str, float]:
-    chosen = [r for r in rows if (r["task"], r["rho"], r["rule"]) == (task, rho, rule)]
+def _key(row: dict[str, Any]) -> tuple[str, str, float, str]:
+    return (row["task"], row.get("embedding", "-"), row["rho"], row["rule"])
+
+
+def summarize(rows: list[dict[str, Any]], key: tuple[str, str, float, str]) -> dict[str, float]:
+    chosen = [r for r in rows if _key(r) == key]
     return {
         "median_spearman": statistics.median(r["spearman"] for r in chosen),
         "median_top10_overlap": statistics.median(r["top10_overlap"] for r in chosen),
+        "rounds": len(chosen),
     }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    keys = sorted({(r["task"], r["rho"], r["rule"]) for r in rows})
-    lines = ["| task | rho | rule | median Spearman | median top-10% overlap | rounds |"]
-    lines.append("|---|---|---|---|---|---|")
-    for task, rho, rule in keys:
-        s = summarize(rows, task, rho, rule)
-        n = sum(1 for r in rows if (r["task"], r["rho"], r["rule"]) == (task, rho, rule))
+    head = "| task | graph | rho | rule | median Spearman | median top-10% overlap | rounds |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for key in sorted({_key(r) for r in rows}):
+        s = summarize(rows, key)
+        task, embedding, rho, rule = key
         lines.append(
-            f"| {task} | {rho:g} | {rule} | {s['median_spearman']:.3f} | "
-            f"{s['median_top10_overlap']:.3f} | {n} |"
+            f"| {task} | {embedding} | {rho:g} | {rule} | {s['median_spearman']:.3f} | "
+            f"{s['median_top10_overlap']:.3f} | {s['rounds']:.0f} |"
         )
     return "\n".join(lines)
 
