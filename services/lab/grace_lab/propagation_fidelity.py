@@ -89,7 +89,7 @@ def finetune_rows(
     study: Study, seed: int, rho: float, rule: str, budget: float, embedding: str = "model"
 ) -> list[dict[str, Any]]:
     """GRACE with worker scoring on the fine-tuning task, a full re-score before each round."""
-    from grace_lab.finetune_methods import FinetuneGrace, GraceRecipe
+    from grace_lab.finetune_methods import FinetuneGrace, GraceRecipe, charged_scores
     from grace_lab.finetune_setup import prepare_setup
     from grace_lab.finetune_training import run_finetune
     from grace_lab.inprocess import score_samples
@@ -99,6 +99,15 @@ def finetune_rows(
     rows: list[dict[str, Any]] = []
 
     class Measured(FinetuneGrace):
+        def begin(self, model: Any, meter: Any) -> None:
+            super().begin(model, meter)
+            if self.recipe.embedding == "input":  # round 0's scores too, on the fixed graph
+                ids = np.arange(len(self.data.train), dtype=np.int64)
+                scored = charged_scores(model, self.data, ids, meter, self.seed)
+                self.job.apply_worker_scores(
+                    ids, 0, embeddings=None, loss=scored.loss, importance=scored.importance
+                )
+
         def next_round(self, round_: int, model: Any, meter: Any) -> Any:
             plan = super().next_round(round_, model, meter)
             if round_ > 0:
