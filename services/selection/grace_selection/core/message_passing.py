@@ -53,10 +53,17 @@ def forward_scores(
     """g (N,) float64 after the forward pass, and the edge weights exp(-gamma d) (N, k) float64
     (0 on padding)."""
     valid = graph.valid
-    weights = np.where(valid, np.exp(-gamma * (1.0 - graph.similarities.astype(np.float64))), 0.0)
+    # exp(-gamma * (1 - sim)) computed in place: at N = 1M each (N, k) float64 temporary is
+    # 80 MB, and the same operations in the same order give the same bits.
+    weights = graph.similarities.astype(np.float64)
+    np.subtract(1.0, weights, out=weights)
+    np.multiply(-gamma, weights, out=weights)
+    np.exp(weights, out=weights)
+    weights[~valid] = 0.0
     s = utility.astype(np.float64)
     neighbor_utility = s[np.where(valid, graph.neighbors, 0)]  # (N, k), padding masked by weight 0
-    return s + (weights * neighbor_utility).sum(axis=1), weights
+    np.multiply(weights, neighbor_utility, out=neighbor_utility)
+    return s + neighbor_utility.sum(axis=1), weights
 
 
 def pick_with_down_weighting(
