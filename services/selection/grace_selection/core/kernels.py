@@ -165,6 +165,7 @@ def build_sparse_similarity(
     """Twin of `similarity._build_sparse_similarity_numpy`: the same (indptr, cols, vals)."""
     n, k = nb.shape
     keep = np.zeros((n, k), dtype=np.bool_)
+    kept = np.full((n, k), -1, dtype=np.int32)  # nb where kept: one random row read per edge below
     for i in range(n):
         for t in range(k):
             j = nb[i, t]
@@ -175,7 +176,9 @@ def build_sparse_similarity(
                 if nb[i, u] == j:
                     repeated = True
                     break
-            keep[i, t] = not repeated
+            if not repeated:
+                keep[i, t] = True
+                kept[i, t] = j
     out_count = np.zeros(n, dtype=np.int64)
     in_count = np.zeros(n, dtype=np.int64)
     one_way = np.zeros((n, k), dtype=np.bool_)
@@ -187,7 +190,7 @@ def build_sparse_similarity(
             j = nb[i, t]
             mutual = False
             for u in range(k):
-                if keep[j, u] and nb[j, u] == i:
+                if kept[j, u] == i:
                     mutual = True
                     break
             if not mutual:
