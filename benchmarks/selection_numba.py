@@ -178,7 +178,7 @@ def measure_jit(work: Path) -> dict[str, Any]:
     return out
 
 
-def bench_size(n: int, repeats: int, work: Path) -> list[dict[str, Any]]:
+def bench_size(n: int, repeats: int, slow_repeats: int, work: Path) -> list[dict[str, Any]]:
     log(f"n={n}: building the synthetic k-NN graph")
     graph = make_clustered_graph(n, 10, SEED)
     folder = work / f"n{n}"
@@ -191,11 +191,12 @@ def bench_size(n: int, repeats: int, work: Path) -> list[dict[str, Any]]:
     for selector in SELECTORS:
         paths = ["numba", "numpy"] + (["stochastic"] if selector == "facility_location" else [])
         for path in paths:
-            spec = {"folder": str(folder), "selector": selector, "path": path, "repeats": repeats}
+            count = repeats if path == "numba" else slow_repeats
+            spec = {"folder": str(folder), "selector": selector, "path": path, "repeats": count}
             if path == "numba":
                 spec["warm_up_n"] = 2000  # load the kernels before the timed rounds
             env = cache | {"GRACE_NUMBA": "1" if path == "numba" else "0"}
-            log(f"n={n}: {selector}, {path}, {repeats} repeats")
+            log(f"n={n}: {selector}, {path}, {count} repeats")
             got = in_fresh_process(spec, env)
             row = {"n": n, "selector": selector, "path": path} | got
             for key in ("seconds", "cpu_seconds", "selector_seconds", "selector_cpu_seconds"):
@@ -221,7 +222,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         "`compute_round` on a later round (round 3: estimation, selection with CRAIG weights, the "
         "rescore plan) of the synthetic clustered k-NN graph (k = 10), 10% budget, defaults. "
-        "Medians of the repeats, each path in a fresh process, side by side in one run. "
+        "Medians of the repeats (the count is in the JSON), each path in a fresh process, side "
+        "by side in one run. "
         "*numba*: the kernels (`pip install grace-coresets[fast]`); *numpy*: the fallback "
         "(GRACE_NUMBA=0), the same picks; *stochastic*: the previous product's facility location "
         "(batched stochastic greedy, numpy).",
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated N values")
     parser.add_argument("--json", type=Path, help="write all results here (and the .md beside)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--slow-repeats", type=int, help="repeats of the numpy and stochastic paths (default: same)"
+    )
     parser.add_argument("--update", action="store_true", help="keep other sizes' rows")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one fresh process
     args = parser.parse_args(argv)
@@ -301,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="grace-numba-bench-") as tmp:
         jit = measure_jit(Path(tmp))
-        rows = [row for n in sizes for row in bench_size(n, args.repeats, Path(tmp))]
+        slow = args.slow_repeats or args.repeats
+        rows = [row for n in sizes for row in bench_size(n, args.repeats, slow, Path(tmp))]
     import numba
 
     result: dict[str, Any] = {"commands": [command], "jit": jit, "rows": rows}
