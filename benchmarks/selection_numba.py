@@ -264,10 +264,16 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             for r in rows
             if r["n"] == row["n"] and r["selector"] == row["selector"] and r["path"] == "numba"
         )
+        starved = ""
+        if row["seconds_median"] > 10 * row["cpu_seconds_median"]:
+            starved = (
+                f" (the wall ratio means little: that run waited for a CPU, "
+                f"{row['cpu_seconds_median']:.1f} s of CPU in {row['seconds_median']:.0f} s)"
+            )
         lines.append(
             f"- N = {row['n']:,}, {NAMES[row['selector']]}, over {row['path']}: "
             f"{row['seconds_median'] / base['seconds_median']:.1f}x wall, "
-            f"{row['cpu_seconds_median'] / base['cpu_seconds_median']:.1f}x CPU"
+            f"{row['cpu_seconds_median'] / base['cpu_seconds_median']:.1f}x CPU{starved}"
         )
     lines += [
         "",
