@@ -24,10 +24,15 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _jit(fn: _F) -> _F:
-    # cache=True: the machine code is written next to this file (or to NUMBA_CACHE_DIR), so the
-    # JIT is paid once per install, not once per process. nogil: the service runs rounds in a
-    # worker thread; the event loop keeps serving while a kernel runs.
-    return cast(_F, numba.njit(cache=True, nogil=True)(fn))
+    # cache=True: the machine code is written next to this file (or to NUMBA_CACHE_DIR, or a
+    # user cache folder), so the JIT is paid once per install, not once per process. nogil: the
+    # service runs rounds in a worker thread; the event loop keeps serving while a kernel runs.
+    try:
+        return cast(_F, numba.njit(cache=True, nogil=True)(fn))
+    except RuntimeError:
+        # numba found no writable cache folder (a read-only image without a home): compile in
+        # every process rather than fail the round.
+        return cast(_F, numba.njit(nogil=True)(fn))
 
 
 @_jit
