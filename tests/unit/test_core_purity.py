@@ -1,8 +1,10 @@
-"""The selection core imports numpy and the standard library only (DESIGN.md, issue 2)."""
+"""The selection core imports numpy, the standard library and, for its compiled greedy loops,
+numba (DESIGN.md, issue 2; issue 15 part 4)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "services/selection/grace_selection/core"
 NAMES = ROOT / "proto/grace_proto/names.py"
-ALLOWED_THIRD_PARTY = {"numpy"}
+ALLOWED_THIRD_PARTY = {"numpy", "numba"}
+# numba is an optional extra: only the kernels module imports it, and only on first use.
+NUMBA_MODULES = {"kernels.py"}
 # The one module outside the core it may import: the names of selectors, rules and sources,
 # which the wire models share. It is itself standard library only (tested below).
 ALLOWED_PROJECT_MODULES = {"grace_proto.names"}
@@ -47,6 +51,20 @@ def test_core_module_imports_only_numpy_and_stdlib(path: Path) -> None:
         and root != "__future__"
     }
     assert not foreign, f"{path.name} imports {sorted(foreign)}; the core may import only numpy"
+    if path.name not in NUMBA_MODULES:
+        assert "numba" not in roots, f"{path.name} imports numba; only kernels.py may"
+
+
+def test_importing_the_core_does_not_import_numba() -> None:
+    # numba costs about half a second to import; a process that never selects must not pay it.
+    code = (
+        "import sys, grace_selection.core, grace_selection.core.selectors, "
+        "grace_selection.core.rounds; print('numba' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "False"
 
 
 def test_core_modules_import_only_core_of_the_project() -> None:

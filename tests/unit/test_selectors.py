@@ -15,6 +15,7 @@ from grace_selection.core.budget import budget_size, split_budget
 from grace_selection.core.config import SELECTOR_NAMES, SelectorName
 from grace_selection.core.facility_location import (
     facility_location_objective,
+    maximize_facility_location,
     select_facility_location,
 )
 from grace_selection.core.message_passing import forward_scores, select_graph_message_passing
@@ -249,14 +250,26 @@ def test_selectors_return_exactly_budget_distinct_eligible_ids(
 
 
 def test_facility_location_depends_on_the_seed_and_only_on_it() -> None:
+    # The stochastic greedy, now the baseline; the selector's exact greedy uses no seed
+    # (tests/unit/test_selectors_numba.py).
     graph = make_graph(400, 8, 0)
     utility = np.random.default_rng(0).random(400).astype(np.float32)
     eligible = np.ones(400, dtype=bool)
+    similarity = build_sparse_similarity(graph)
 
     def run(seed: int) -> list[int]:
         config = SelectionConfig(selector="facility_location")
         rng = np.random.default_rng(seed)
-        return sorted(select_facility_location(graph, utility, eligible, 40, config, rng).tolist())
+        picks = maximize_facility_location(
+            similarity,
+            utility,
+            eligible,
+            40,
+            importance_weight=config.diversity_weight,
+            epsilon=config.stochastic_epsilon,
+            rng=rng,
+        )
+        return sorted(picks.tolist())
 
     assert run(3) == run(3)
     assert len({tuple(run(seed)) for seed in range(5)}) > 1

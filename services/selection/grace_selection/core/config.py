@@ -42,7 +42,9 @@ class SelectionConfig:
     diversity_weight: lambda in facility location (importance term weight), or the strength of
         the reverse down-weighting in message passing.
     noise_guard_fraction: beta, the top fraction of importance dropped as likely label noise.
-    stochastic_epsilon: epsilon of stochastic greedy (smaller is closer to plain greedy).
+    stochastic_epsilon: epsilon of stochastic greedy (smaller is closer to plain greedy). The
+        facility-location selector runs exact greedy since issue 15 and does not read it; it
+        stays for `facility_location.maximize_facility_location` and saved configs.
     rescore_fraction: rho, the share of N re-scored each round; the rest is estimated.
     rescore_priority_fraction: share of the rescore plan taken by priority, the rest uniform.
     estimation_rule: how stale scores are estimated from fresh neighbours.

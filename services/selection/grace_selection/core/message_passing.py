@@ -10,7 +10,8 @@ so that the next picks come from other regions. A picked sample never raises a n
 heap entry can only overstate a score, and an entry popped with its current score is the max.
 
 Cost: O(N k) for the forward pass, O(N log N) for one sort, then O(K k log K) heap work,
-not the O(N K) of a rescan per pick.
+not the O(N K) of a rescan per pick. The reverse pass runs compiled when numba is installed
+(`acceleration`), else as the Python loop below; both give the same picks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import heapq
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.core.acceleration import kernels, numba_enabled
 from grace_selection.core.budget import check_selector_args
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
@@ -51,10 +53,17 @@ def forward_scores(
     """g (N,) float64 after the forward pass, and the edge weights exp(-gamma d) (N, k) float64
     (0 on padding)."""
     valid = graph.valid
-    weights = np.where(valid, np.exp(-gamma * (1.0 - graph.similarities.astype(np.float64))), 0.0)
+    # exp(-gamma * (1 - sim)) computed in place: at N = 1M each (N, k) float64 temporary is
+    # 80 MB, and the same operations in the same order give the same bits.
+    weights = graph.similarities.astype(np.float64)
+    np.subtract(1.0, weights, out=weights)
+    np.multiply(-gamma, weights, out=weights)
+    np.exp(weights, out=weights)
+    weights[~valid] = 0.0
     s = utility.astype(np.float64)
     neighbor_utility = s[np.where(valid, graph.neighbors, 0)]  # (N, k), padding masked by weight 0
-    return s + (weights * neighbor_utility).sum(axis=1), weights
+    np.multiply(weights, neighbor_utility, out=neighbor_utility)
+    return s + neighbor_utility.sum(axis=1), weights
 
 
 def pick_with_down_weighting(
@@ -65,7 +74,31 @@ def pick_with_down_weighting(
     budget: int,
 ) -> npt.NDArray[np.int64]:
     """The greedy reverse pass: pick the max, then g_j -= push_weights[i, t] * max(g_i, 0) for each
-    neighbour j = neighbors[i, t]. Returns the picks in order.
+    neighbour j = neighbors[i, t]. Returns the picks in order, (budget,) int64.
+
+    Compiled (`kernels.pick_with_down_weighting`) when numba is enabled, else the Python loop;
+    both give the same picks.
+    """
+    if numba_enabled():
+        picks: npt.NDArray[np.int64] = kernels().pick_with_down_weighting(
+            np.ascontiguousarray(neighbors, dtype=np.int32),
+            np.ascontiguousarray(push_weights, dtype=np.float64),
+            np.ascontiguousarray(scores, dtype=np.float64),
+            np.ascontiguousarray(eligible, dtype=np.bool_),
+            int(budget),
+        )
+        return picks
+    return _pick_with_down_weighting_python(neighbors, push_weights, scores, eligible, budget)
+
+
+def _pick_with_down_weighting_python(
+    neighbors: npt.NDArray[np.int32],
+    push_weights: npt.NDArray[np.float64],
+    scores: npt.NDArray[np.float64],
+    eligible: npt.NDArray[np.bool_],
+    budget: int,
+) -> npt.NDArray[np.int64]:
+    """The reverse pass as a Python loop over a heapq.
 
     The heap holds only samples that could still be the max: candidates are admitted in
     descending order of their forward score, an upper bound of their current score, as soon

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.core.acceleration import kernels, numba_enabled
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 # Rows per block of the (rows, k, k) mutual-edge test: about 13 MB of temporaries at k = 10.
@@ -64,9 +65,20 @@ def build_sparse_similarity(graph: KnnGraph) -> SparseSimilarity:
     """Symmetrise the k-NN graph: W[c, i] = sim(c, i) if i lists c or c lists i, else 0.
 
     A mutual pair keeps each side's own value; a neighbour listed twice in one row counts once,
-    with its first listing. Pure numpy, O(N k^2) for the mutual test plus one sort of the
-    one-way edges; about 2 s of CPU at N = 1M, k = 10.
+    with its first listing. Compiled when numba is enabled (about 3x less CPU at N = 1M), else
+    pure numpy; both build the same arrays.
     """
+    if numba_enabled():
+        indptr, cols, vals = kernels().build_sparse_similarity(
+            np.ascontiguousarray(graph.neighbors), np.ascontiguousarray(graph.similarities)
+        )
+        return SparseSimilarity(indptr, cols, vals)
+    return _build_sparse_similarity_numpy(graph)
+
+
+def _build_sparse_similarity_numpy(graph: KnnGraph) -> SparseSimilarity:
+    """Pure numpy: O(N k^2) for the mutual test plus one sort of the one-way edges; about 2 s of
+    CPU at N = 1M, k = 10."""
     nb, sim = graph.neighbors, graph.similarities
     n, k = nb.shape
     rows = np.arange(n, dtype=np.int32)[:, None]  # (N, 1)

@@ -1,0 +1,44 @@
+"""Whether the greedy loops run compiled (numba) or as the pure numpy / Python fallback.
+
+numba is an optional extra (`pip install grace-coresets[fast]`). Both paths return the same
+picks, pick for pick (tests run both), so the choice changes speed, never a coreset.
+
+- installed and `GRACE_NUMBA` unset (or `1`): compiled;
+- `GRACE_NUMBA=0`: the fallback, even with numba installed (tests, or to rule numba out);
+- `GRACE_NUMBA=1` without numba: an error that names the extra, not a silent slow path.
+
+numba is imported on the first compiled call, never when the core is imported: importing numba
+costs about half a second, and a process that never selects should not pay it. The kernels are
+compiled with cache=True, so a process pays the JIT once per install (a few seconds), and later
+processes load the machine code from the cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+
+ENV_VAR = "GRACE_NUMBA"
+_KERNELS = "grace_selection.core.kernels"
+
+
+def numba_enabled() -> bool:
+    """True when the compiled kernels should run; read on every call so that a test can flip
+    the environment variable between calls."""
+    setting = os.environ.get(ENV_VAR, "").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    installed = importlib.util.find_spec("numba") is not None
+    if setting in ("1", "true", "yes", "on") and not installed:
+        raise RuntimeError(
+            f"{ENV_VAR}={setting} asks for the compiled selectors, but numba is not installed; "
+            "pip install 'grace-coresets[fast]', or unset the variable to use the numpy path"
+        )
+    return installed
+
+
+def kernels() -> ModuleType:
+    """The compiled kernels module (imports numba on first use)."""
+    return importlib.import_module(_KERNELS)
