@@ -24,7 +24,7 @@ COPY proto/ proto/
 # The service's package alone: no scoring worker, no lab.
 COPY services/selection/ services/selection/
 COPY clients/ clients/
-RUN /opt/grace/bin/pip install ".[service,dashboard]"
+RUN /opt/grace/bin/pip install ".[service,dashboard,fast]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG GRACE_VERSION=0.1.0

@@ -99,7 +99,7 @@ def test_service_builds_hnswlib_portable_at_the_pinned_version() -> None:
     text = runs(SERVICE)
     assert f"hnswlib=={pins['hnswlib']}" in text
     assert "--no-binary hnswlib" in text
-    assert '".[service,dashboard]"' in text
+    assert '".[service,dashboard,fast]"' in text  # fast: numba's greedy loops
 
 
 def test_service_listens_where_the_settings_say_and_checks_readiness() -> None:
@@ -199,8 +199,9 @@ def test_worker_image_runs_grace_score_without_the_service_extra() -> None:
 
 
 def test_service_image_builds_the_whole_app_without_the_worker_extra() -> None:
-    """The service image installs [service,dashboard]: no torch, no Ray, no client packages."""
+    """The service image installs [service,dashboard,fast]: no torch, no Ray, no client packages."""
     installed = extra_requirements("service") | extra_requirements("dashboard")
+    installed |= extra_requirements("fast")
     worker_only = extra_requirements("worker") - installed
     modules = {name.replace("-", "_") for name in worker_only}
     assert {"torch", "ray", "httpx"} <= modules
