@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -194,7 +195,7 @@ def _save(
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1, default=_jsonable))
+    tmp.write_text(json.dumps(_finite(out), indent=1, default=_jsonable, allow_nan=False))
     tmp.replace(args.json)
     tables = "\n\n".join(
         [
@@ -221,6 +222,18 @@ def write_between_markers(path: Path, tables: str) -> None:
     else:
         text = (text + "\n\n" if text else "") + block + "\n"
     path.write_text(text)
+
+
+def _finite(value: Any) -> Any:
+    """Strict JSON: an infinite or NaN number (a ratio where GRACE never reached the target)
+    is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
