@@ -32,7 +32,7 @@ METHODS = ("grace", "random_per_round", "full_data")
 def register(subparsers: Any) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="fine-tune a small GPT with GRACE coresets vs random at equal compute (~5 minutes)",
+        help="fine-tune a small GPT with GRACE coresets vs random at equal compute (~3 minutes)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  grace demo --budget 0.5 --seed 1",
