@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grace_proto.usage import UsageError
+
 log = logging.getLogger("grace.demo")
 METHODS = ("grace", "random_per_round", "full_data")
 
@@ -69,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from grace_lab.debian_corpus import CorpusSourceMissingError
 
     if not 0.0 < args.budget < 1.0:
-        raise SystemExit(f"grace demo: --budget must be in (0, 1), got {args.budget}")
+        raise UsageError(f"--budget must be a share of C in (0, 1), got {args.budget}")
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so that the service and Ray we
     # started are stopped by the `finally` blocks instead of being left behind.
     signal.signal(signal.SIGTERM, _exit_on_signal)

@@ -30,6 +30,7 @@ from grace_lab.finetune_methods import (
     StaticSelection,
 )
 from grace_lab.finetune_training import FinetuneSchedule, reference_compute
+from grace_selection.core.budget import budget_size
 from grace_selection.core.config import SelectionConfig
 from grace_workers.tiny_gpt import TinyGPT, TinyGPTConfig
 
@@ -217,7 +218,7 @@ def make_provider(
 
     data, seed = setup.data, setup.seed
     n = len(data.train)
-    size = max(1, round(budget * n))
+    size = budget_size(n, budget)  # the service's own rounding: every method's coreset alike
     if method == "full_data":
         return Legacy(method, FullDataProvider(n))
     if method == "random_per_round":
