@@ -53,6 +53,8 @@ _REBUILD_MOVED_SHARE = 0.06
 # A re-query asks for this many more than k: the index ranks by the places samples had when
 # they were upserted, and the answers are re-ranked by their current vectors.
 _QUERY_SLACK = 2
+# Rows normalised and inserted per step of a build (64k x 384 x 4 B = 96 MiB of scratch).
+_BUILD_BLOCK = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,7 @@ class GraphKeeper:
                 seconds = time.perf_counter() - start
                 return GraphUpdate(built.graph, seconds, upserted, requeried, False, joined)
         all_ids, all_vectors, all_seq = fetch_all()
-        built = self._rebuild(all_ids, _unit(all_vectors), k)
+        built = self._rebuild(all_ids, all_vectors, k)
         self._built, self._dirty = built, True
         self.seq = max(self.seq, seq, all_seq)
         seconds = time.perf_counter() - start
@@ -256,14 +258,20 @@ class GraphKeeper:
             self._deleted = True
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _rebuild(self, ids: npt.NDArray[np.int64], unit: npt.NDArray[np.float32], k: int) -> _Built:
+    def _rebuild(
+        self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32], k: int
+    ) -> _Built:
+        """A fresh index and graph; the vectors are normalised block by block, so that the
+        build holds no second full-size copy of them."""
         built = _Built(
             index=self.factory.create(self.dim),
             vectors=np.zeros((self.n, self.dim), dtype=self.factory.vector_dtype),
             in_index=np.zeros(self.n, dtype=bool),
             graph=_empty_graph(self.n, k),
         )
-        _upsert(built, ids, unit)
+        for start in range(0, ids.size, _BUILD_BLOCK):
+            block = slice(start, start + _BUILD_BLOCK)
+            _upsert(built, ids[block], _unit(vectors[block]))
         built.graph = _full_graph(built, self.n, k)
         return built
 
