@@ -89,9 +89,12 @@ def drift(old: F32, rng: np.random.Generator) -> F32:
 
 
 def recall_at_10(neighbors: npt.NDArray[Any], vectors: F32, sample: I64) -> float:
-    sims = vectors[sample] @ vectors.T  # (S, N)
-    sims[np.arange(sample.size), sample] = -np.inf
-    truth = np.argpartition(-sims, K - 1, axis=1)[:, :K]
+    truth = np.empty((sample.size, K), np.int64)
+    for lo in range(0, sample.size, 100):
+        rows = sample[lo : lo + 100]
+        sims = vectors[rows] @ vectors.T  # (100, N)
+        sims[np.arange(rows.size), rows] = -np.inf
+        truth[lo : lo + rows.size] = np.argpartition(-sims, K - 1, axis=1)[:, :K]
     hits = [np.intersect1d(truth[i], neighbors[s][:K]).size for i, s in enumerate(sample)]
     return float(np.sum(hits)) / (K * sample.size)
 
@@ -225,8 +228,9 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
                 "graph_requeried": 0 if update is None else update.requeried,
                 "graph_joined": getattr(update, "joined", 0),
             }
+            peak = peak_rss_mb()  # before the recall check's own scratch
             recall = recall_at_10(outcome.graph.neighbors, arrays.embeddings, sample)
-            results.append(_row(keeper_name, n, r, seconds, recall, parts, raw_mb))
+            results.append(_row(keeper_name, n, r, seconds, recall, parts, raw_mb, peak))
         log(f"{keeper_name} n={n} round {r}: {results[-1]}")
     folder.cleanup()
     return results
@@ -250,12 +254,20 @@ def _peer_row(
     name: str, n: int, r: int, seconds: float, nb: Any, arrays: JobArrays, sample: I64, raw: float
 ) -> dict[str, Any]:
     assert arrays.embeddings is not None
+    peak = peak_rss_mb()  # before the recall check's own scratch
     recall = recall_at_10(nb, arrays.embeddings, sample)
-    return _row(name, n, r, seconds, recall, {"graph": seconds}, raw)
+    return _row(name, n, r, seconds, recall, {"graph": seconds}, raw, peak)
 
 
 def _row(
-    name: str, n: int, r: int, seconds: float, recall: float, parts: dict[str, Any], raw: float
+    name: str,
+    n: int,
+    r: int,
+    seconds: float,
+    recall: float,
+    parts: dict[str, Any],
+    raw: float,
+    peak: float,
 ) -> dict[str, Any]:
     return {
         "keeper": name,
@@ -264,7 +276,7 @@ def _row(
         "seconds": round(seconds, 3),
         "recall_at_10": round(recall, 4),
         "parts": {k: round(v, 3) if isinstance(v, float) else v for k, v in parts.items()},
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak, 1),
         "raw_vectors_mb": round(raw, 1),
     }
 

@@ -77,15 +77,23 @@ def join_rows(
         return graph
     width = graph.k + graph.k * graph.k + random_candidates
     step = max(1, _BLOCK_BYTES // (width * vectors.shape[1] * 4))
+    active = row_ids
     for _ in range(iterations):
-        for start in range(0, row_ids.size, step):
-            block = row_ids[start : start + step]
+        changed = np.zeros(active.size, dtype=np.bool_)
+        for start in range(0, active.size, step):
+            block = active[start : start + step]
             cand = _candidates(nb, block, pool, rng, random_candidates)  # (B, width)
             sims = _similarities(vectors, block, cand)
-            nb[block], sim[block] = _best_k(block, cand, sims, graph.k)
-        dst = nb[row_ids].reshape(-1).astype(np.int64)
-        src = np.repeat(row_ids, graph.k)
-        merge_edges(nb, sim, dst, src, sim[row_ids].reshape(-1))
+            best, best_sims = _best_k(block, cand, sims, graph.k)
+            changed[start : start + step] = (np.sort(best, axis=1) != np.sort(nb[block])).any(1)
+            nb[block], sim[block] = best, best_sims
+        dst = nb[active].reshape(-1).astype(np.int64)
+        src = np.repeat(active, graph.k)
+        merge_edges(nb, sim, dst, src, sim[active].reshape(-1))
+        # NN-descent's rule: a row whose list did not change has nothing new to join next.
+        active = active[changed]
+        if active.size == 0:
+            break
     return KnnGraph(nb, sim)
 
 

@@ -14,10 +14,11 @@ in place (core.descent) and keep the index for what a local join cannot do:
 - a sample that moved beyond tau but stayed inside its own neighbourhood radius (the
   distance to its k-th neighbour) gets its row, and the rows that list it, rebuilt by a local
   join over neighbours of neighbours plus random picks;
-- a new sample, or one that moved beyond tau and beyond its radius, is upserted into the
-  index and re-queried (the answers re-ranked by `vectors`, since the index keeps the places
-  samples had when they were last upserted); when more than 6% of N need that, a fresh build
-  from the stored embeddings is cheaper (hnswlib updates a label ~8-16x slower than it inserts).
+- a new sample is inserted into the index; it, and a sample that moved beyond tau and beyond
+  its radius, are re-queried (the answers re-ranked by `vectors`: the index keeps the places
+  samples had when they were inserted, since hnswlib updates a label ~8-16x slower than it
+  inserts one); when more than 6% of N need a query, a fresh build from the stored
+  embeddings is cheaper and more faithful.
 
 The index and graph are snapshotted to `folder` after each round: `index-<seq>/` (the index's
 own snapshot) and `graph/` (graph, vectors and a meta naming the index folder), so a restart
@@ -69,8 +70,9 @@ class IndexFactory:
 
 @dataclass(frozen=True, slots=True)
 class GraphUpdate:
-    """upserted: samples that entered the index; requeried: rows the index answered afresh
-    (all N on a rebuild); joined: rows rebuilt by local joins."""
+    """upserted: samples whose new place the graph took in (new, or moved beyond tau; all
+    embedded samples on a rebuild); requeried: rows the index answered afresh (all N on a
+    rebuild); joined: rows rebuilt by local joins."""
 
     graph: KnnGraph
     seconds: float
@@ -174,9 +176,11 @@ class GraphKeeper:
         moved[ids[new]] = True
         built.vectors[ids] = unit
         built.in_index[ids] = True
-        if query_ids.size:
-            upsert = np.isin(ids, query_ids)
-            built.index.upsert(ids[upsert], unit[upsert])
+        if np.any(new):
+            # Only new samples are inserted: hnswlib updates an existing label ~8-16x slower
+            # than it inserts, and a far-moved sample is found through its fresh query and
+            # the reverse edges; the index keeps its old place, re-ranked on every answer.
+            built.index.upsert(ids[new], unit[new])
         graph = rescore_edges(graph, built.vectors, moved)
         graph = _requery(built, graph, query_ids, k)
         # The rows around every node that moved beyond tau: its own and those that list it.
@@ -185,7 +189,8 @@ class GraphKeeper:
         rows = rows[built.in_index[rows]]
         rng = np.random.default_rng(seq)  # same inputs, same graph
         built.graph = join_rows(graph, built.vectors, rows, built.in_index, rng)
-        return int(query_ids.size), int(query_ids.size), int(rows.size)
+        upserted = repair.drifted.size + int(np.count_nonzero(new))
+        return upserted, int(query_ids.size), int(rows.size)
 
     def empty_graph(self, k: int) -> KnnGraph:
         return _empty_graph(self.n, k)
