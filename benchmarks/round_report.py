@@ -16,7 +16,9 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
     lines = [
         "# A round at scale: graph upkeep, the round's parts, memory",
         "",
-        f"Made by `{document['command']}` on this machine ({document['machine']}, shared).",
+        f"Made on this machine ({document['machine']}, shared with other work) by:",
+        "",
+        *(f"    {command}" for command in _commands(document)),
         "",
         "`seconds`: the whole round for `product`, `product-f16` and `before` (graph upkeep,",
         "estimation, selection, planning, publishing), the graph upkeep alone for a peer.",
@@ -42,3 +44,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _commands(document: dict[str, Any]) -> list[str]:
+    command = document["command"]
+    return [command] if isinstance(command, str) else list(command)
