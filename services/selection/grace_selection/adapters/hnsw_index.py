@@ -17,8 +17,10 @@ from grace_selection.adapters.vectors import VectorTable, normalize_rows
 from grace_selection.core.graph import KnnGraph
 
 _INDEX_FILE = "hnsw.bin"
-# Vectors read back from hnswlib per query batch for the full graph (64k x 384 x 4 B = 96 MiB).
-_READ_BLOCK = 65536
+# Vectors read back from hnswlib per query batch for the full graph. hnswlib 0.8's get_items
+# passes through Python float lists: ~11x the block's bytes at its peak (measured: +340 MB
+# for 20k x 384), so blocks stay small (2048 x 384: ~35 MB).
+_READ_BLOCK = 2048
 
 
 @dataclass(frozen=True, slots=True)
