@@ -113,7 +113,9 @@ class HnswNeighborIndex:
         sims[:, :take] = 1.0 - distances
         return ids, sims
 
-    def knn_graph(self, k: int) -> KnnGraph:
+    def knn_graph(self, k: int, vectors: npt.NDArray[np.floating] | None = None) -> KnnGraph:
+        """vectors: (>= id bound, dim) the unit vectors the index holds, when the caller has
+        them (the graph keeper does): faster than reading them back from hnswlib."""
         with self._lock:
             present = self._present[: self._id_bound()].copy()
             ids = np.full((present.size, k + 1), -1, dtype=np.int64)
@@ -121,7 +123,11 @@ class HnswNeighborIndex:
             stored = np.flatnonzero(present)
             for start in range(0, stored.size, _READ_BLOCK):
                 block = stored[start : start + _READ_BLOCK]
-                unit = np.asarray(self._index.get_items(block, return_type="numpy"), np.float32)
+                if vectors is None:
+                    rows = self._index.get_items(block, return_type="numpy")
+                else:
+                    rows = vectors[block]
+                unit = np.asarray(rows, dtype=np.float32)
                 ids[block], sims[block] = self._query(unit, k + 1)
         return graph_from_neighbors(ids, sims, present, k)
 

@@ -302,7 +302,7 @@ def _upsert(built: _Built, ids: npt.NDArray[np.int64], unit: npt.NDArray[np.floa
 def _full_graph(built: _Built, n: int, k: int) -> KnnGraph:
     if len(built.index) == 0:
         return _empty_graph(n, k)
-    graph = built.index.knn_graph(k)
+    graph = built.index.knn_graph(k, built.vectors)
     if graph.n == n:
         return graph
     # The index knows ids up to its largest one only; samples beyond have no edges yet.
