@@ -118,3 +118,38 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
     keeper.delete()
     keeper.save(round_=1)  # a deleted job's keeper writes nothing
     assert not (tmp_path / "idx").exists()
+
+
+def test_refresh_keeps_recall_across_drifting_rounds(tmp_path: Path) -> None:
+    """Rounds of rho = 0.3 re-embedding at tau = 0: small moves are joined, far ones
+    re-queried; the graph stays close to the exact one over the current embeddings, without
+    rebuilds. (Moves below tau keep their rows by design: tau is the caller's trade.)"""
+    rng = np.random.default_rng(11)
+    n = 1200
+    centres = 3.0 * rng.standard_normal((15, DIM))
+    vectors = (centres[rng.integers(0, 15, n)] + rng.standard_normal((n, DIM))).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64)
+    keeper = GraphKeeper(n, DIM, FACTORY, tmp_path)
+    keeper.update(ids, vectors, 1, K, 0.0, lambda: (ids, vectors, 1))
+    for r in range(2, 6):
+        moved = np.sort(rng.choice(n, size=n * 3 // 10, replace=False))
+        vectors[moved] += 0.25 * rng.standard_normal((moved.size, DIM)).astype(np.float32)
+        vectors[moved[:5]] = rng.standard_normal((5, DIM)) * 3.0  # a few jump far
+        update = keeper.update(moved, vectors[moved], r, K, 0.0, fail_fetch)
+        assert not update.rebuilt
+        assert update.joined > 0
+        oracle = exact_graph_n(vectors)
+        pairs = zip(update.graph.neighbors, oracle, strict=True)
+        hits = sum(np.intersect1d(a, b).size for a, b in pairs)
+        assert hits / oracle.size >= 0.9
+        assert (update.graph.neighbors != np.arange(n)[:, None]).all()
+
+
+def fail_fetch() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
+    raise AssertionError("refresh must not rebuild from all embeddings")
+
+
+def exact_graph_n(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
+    index = BruteForceIndex(vectors.shape[1])
+    index.upsert(np.arange(vectors.shape[0], dtype=np.int64), vectors)
+    return index.knn_graph(K).neighbors

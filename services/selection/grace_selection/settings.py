@@ -37,6 +37,11 @@ class ServiceSettings(BaseSettings):
     reads_require_token: bool = Field(False, description="also require the token for reads")
     max_body_bytes: int = Field(512 * MIB, gt=0, description="largest request body accepted")
     index: Literal["hnsw", "brute"] = Field("hnsw", description="k-NN index implementation")
+    graph_vectors: Literal["float32", "float16"] = Field(
+        "float32",
+        description="how the graph keeper stores each sample's unit vector (float16 halves it; "
+        "cosines move by ~1e-3)",
+    )
     max_job_bytes: int | None = Field(
         None,
         gt=0,

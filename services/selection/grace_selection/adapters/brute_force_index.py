@@ -40,7 +40,8 @@ class BruteForceIndex:
         with self._lock:
             return self._query(normalize_rows(np.asarray(vectors, dtype=np.float32)), k, None)
 
-    def knn_graph(self, k: int) -> KnnGraph:
+    def knn_graph(self, k: int, vectors: npt.NDArray[np.floating] | None = None) -> KnnGraph:
+        """`vectors` is ignored: this index searches its own exact copy."""
         with self._lock:
             table = self._vectors
             ids, sims = self._query(table.data, k + 1, exclude_self=True)

@@ -17,6 +17,10 @@ from grace_selection.adapters.vectors import VectorTable, normalize_rows
 from grace_selection.core.graph import KnnGraph
 
 _INDEX_FILE = "hnsw.bin"
+# Vectors read back from hnswlib per query batch for the full graph. hnswlib 0.8's get_items
+# passes through Python float lists: ~11x the block's bytes at its peak (measured: +340 MB
+# for 20k x 384), so blocks stay small (2048 x 384: ~35 MB).
+_READ_BLOCK = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +39,17 @@ class HnswNeighborIndex:
 
     hnswlib's add and query calls are not safe against each other, so one lock serialises
     writers and readers; the service additionally builds graphs off the event loop.
-    It keeps its own unit-vector copy so that the full k-NN graph is one batched query.
+    The vectors live in hnswlib alone (it stores them unit-normalised): the full k-NN graph reads
+    them back in blocks, so the index costs one float32 copy plus its links, not two copies.
     """
 
     def __init__(self, dim: int, params: HnswParams | None = None, capacity: int = 1024) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
         self.params = params or HnswParams()
-        self._vectors = VectorTable(dim, capacity)
+        self._dim = dim
+        self._present = np.zeros(max(capacity, 1), dtype=bool)  # (capacity,) by id
+        self._count = 0
         self._lock = threading.Lock()
         self._index = self._new_index(dim, capacity)
 
@@ -59,23 +68,29 @@ class HnswNeighborIndex:
 
     @property
     def dim(self) -> int:
-        return self._vectors.dim
+        return self._dim
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return self._count
 
     def upsert(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.asarray(vectors, dtype=np.float32)
-        self._vectors.check(ids, vectors)
+        VectorTable(self._dim, 1).check(ids, vectors)
         if not ids.size:
             return
         with self._lock:
-            needed = len(self._vectors) + ids.size
+            needed = self._count + ids.size
             if needed > self._index.get_max_elements():
                 self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
-            self._vectors.put(ids, vectors)
-            self._index.add_items(self._vectors.get(ids), ids.astype(np.uint64))
+            if int(ids.max()) >= self._present.size:
+                grown = np.zeros(max(int(ids.max()) + 1, 2 * self._present.size), dtype=bool)
+                grown[: self._present.size] = self._present
+                self._present = grown
+            # Zero rows stay zero: hnswlib would divide by their zero norm.
+            self._index.add_items(normalize_rows(vectors), ids.astype(np.uint64))
+            self._count += int(np.count_nonzero(~self._present[ids]))
+            self._present[ids] = True
 
     def query(
         self, vectors: npt.NDArray[np.float32], k: int
@@ -89,7 +104,7 @@ class HnswNeighborIndex:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         ids = np.full((unit.shape[0], k), -1, dtype=np.int64)
         sims = np.full((unit.shape[0], k), -np.inf, dtype=np.float32)
-        take = min(k, len(self._vectors))
+        take = min(k, self._count)
         if take == 0 or unit.shape[0] == 0:
             return ids, sims
         self._index.set_ef(max(self.params.ef_search, 2 * take))
@@ -98,20 +113,37 @@ class HnswNeighborIndex:
         sims[:, :take] = 1.0 - distances
         return ids, sims
 
-    def knn_graph(self, k: int) -> KnnGraph:
+    def knn_graph(self, k: int, vectors: npt.NDArray[np.floating] | None = None) -> KnnGraph:
+        """vectors: (>= id bound, dim) the unit vectors the index holds, when the caller has
+        them (the graph keeper does): faster than reading them back from hnswlib."""
         with self._lock:
-            present = self._vectors.present.copy()
-            ids, sims = self._query(self._vectors.data, k + 1)
+            present = self._present[: self._id_bound()].copy()
+            ids = np.full((present.size, k + 1), -1, dtype=np.int64)
+            sims = np.full((present.size, k + 1), -np.inf, dtype=np.float32)
+            stored = np.flatnonzero(present)
+            for start in range(0, stored.size, _READ_BLOCK):
+                block = stored[start : start + _READ_BLOCK]
+                if vectors is None:
+                    rows = self._index.get_items(block, return_type="numpy")
+                else:
+                    rows = vectors[block]
+                unit = np.asarray(rows, dtype=np.float32)
+                ids[block], sims[block] = self._query(unit, k + 1)
         return graph_from_neighbors(ids, sims, present, k)
+
+    def _id_bound(self) -> int:
+        stored = np.flatnonzero(self._present)
+        return int(stored[-1]) + 1 if stored.size else 0
 
     def save(self, path: Path) -> None:
         """Write the snapshot to a sibling temp folder, then swap it in."""
 
         def write_files(folder: Path) -> None:
             self._index.save_index(str(folder / _INDEX_FILE))
-            self._vectors.save(folder)
+            with (folder / "present.npy").open("wb") as fh:
+                np.save(fh, self._present[: self._id_bound()])
 
-        meta = {"kind": "hnsw", "dim": self.dim, "count": len(self._vectors), **asdict(self.params)}
+        meta = {"kind": "hnsw", "dim": self.dim, "count": self._count, **asdict(self.params)}
         with self._lock:
             write_snapshot(path, meta, write_files)
 
@@ -125,10 +157,11 @@ class HnswNeighborIndex:
             num_threads=meta["num_threads"],
             seed=meta["seed"],
         )
-        vectors = VectorTable.load(path, int(meta["dim"]))
-        index = cls(vectors.dim, params, capacity=16)
-        index._vectors = vectors
-        capacity = max(vectors.data.shape[0], 16)
+        present = np.load(path / "present.npy")  # older snapshots also hold vectors.npy: unused
+        index = cls(int(meta["dim"]), params, capacity=max(present.size, 16))
+        index._present[: present.size] = present
+        index._count = int(np.count_nonzero(present))
+        capacity = max(present.size, 16)
         index._index.load_index(str(path / _INDEX_FILE), max_elements=capacity)
         index._index.set_num_threads(params.num_threads or os.cpu_count() or 1)
         return index

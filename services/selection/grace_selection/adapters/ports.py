@@ -36,8 +36,11 @@ class NeighborIndex(Protocol):
         """(ids, cosine similarities), each (n, k), nearest first; -1 / -inf pad missing."""
         ...
 
-    def knn_graph(self, k: int) -> KnnGraph:
-        """The k-NN graph of every stored point over ids 0..max_id (self dropped)."""
+    def knn_graph(self, k: int, vectors: npt.NDArray[np.floating] | None = None) -> KnnGraph:
+        """The k-NN graph of every stored point over ids 0..max_id (self dropped).
+
+        vectors: the caller's copy of the stored unit vectors by id, if it has one; an index
+        may query with it instead of reading its own back."""
         ...
 
     def save(self, path: Path) -> None: ...

@@ -47,21 +47,22 @@ def open_store(settings: ServiceSettings) -> ScoreStore:
     return LocalScoreStore(settings.data_dir / "store")
 
 
-def make_index_factory(kind: str) -> IndexFactory:
-    """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact)."""
+def make_index_factory(kind: str, vector_dtype: str = "float32") -> IndexFactory:
+    """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact), and how
+    the graph keeper stores its vectors (GRACE_GRAPH_VECTORS)."""
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
 
         def create_brute(dim: int) -> NeighborIndex:
             return BruteForceIndex(dim)
 
-        return IndexFactory("brute", create_brute, BruteForceIndex.load)
+        return IndexFactory("brute", create_brute, BruteForceIndex.load, vector_dtype)
     from grace_selection.adapters.hnsw_index import HnswNeighborIndex
 
     def create_hnsw(dim: int) -> NeighborIndex:
         return HnswNeighborIndex(dim)
 
-    return IndexFactory("hnsw", create_hnsw, HnswNeighborIndex.load)
+    return IndexFactory("hnsw", create_hnsw, HnswNeighborIndex.load, vector_dtype)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -75,7 +76,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         store = await run_in_threadpool(open_store, settings)
         service = SelectionService(
             store,
-            make_index_factory(settings.index),
+            make_index_factory(settings.index, settings.graph_vectors),
             Path(settings.data_dir),
             events=metrics,
             max_job_bytes=settings.max_job_bytes,

@@ -4,13 +4,24 @@ Only the round thread calls `update`; readers (the dashboard's neighbour lists) 
 an immutable KnnGraph that is replaced whole, so a build never blocks or tears a read.
 
 Embeddings arrive at ingest time but enter the index only here, at round time: HTTP ingest
-costs storage alone. The first update builds the graph; later ones repair it (core.repair):
-new samples and samples that drifted beyond tau are upserted and their rows, and the rows that
-list them, are re-queried. `anchor` keeps the unit vector each sample has in the index (float16
-halves its memory; drift is measured to ~1e-3, far below any useful tau).
+costs storage alone. The first update builds the graph from the index; later ones refresh it
+in place (core.descent) and keep the index for what a local join cannot do:
+- `vectors` holds the current unit vector of every sample in the graph: the one copy the
+  refresh reads, and the anchor that drift is measured against (float32, or float16 to halve
+  it: cosines move by ~1e-3, far below any useful tau);
+- every re-embedded sample's vector is replaced and the edges that name it re-scored, so no
+  row keeps a similarity from an older model;
+- a sample that moved beyond tau (or beyond a quarter of its neighbourhood radius, the
+  distance to its k-th neighbour) but stayed inside that radius gets its row, and the rows
+  that list it, rebuilt by a local join over neighbours of neighbours plus random picks;
+- a new sample is inserted into the index; it, and a sample that moved beyond tau and beyond
+  its radius, are re-queried (the answers re-ranked by `vectors`: the index keeps the places
+  samples had when they were inserted, since hnswlib updates a label ~8-16x slower than it
+  inserts one); when more than 6% of N need a query, a fresh build from the stored
+  embeddings is cheaper and more faithful.
 
 The index and graph are snapshotted to `folder` after each round: `index-<seq>/` (the index's
-own snapshot) and `graph/` (graph, anchor and a meta naming the index folder), so a restart
+own snapshot) and `graph/` (graph, vectors and a meta naming the index folder), so a restart
 loads them instead of rebuilding; if they are missing or damaged, the next round rebuilds from
 the stored embeddings.
 """
@@ -30,17 +41,25 @@ import numpy.typing as npt
 
 from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
+from grace_selection.core.descent import join_rows, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
-from grace_selection.core.repair import insert_reverse_edges, plan_repair, replace_rows
+from grace_selection.core.repair import find_relink_rows, plan_repair, replace_rows
 
 log = logging.getLogger(__name__)
 _GRAPH_KIND = "grace-graph"
-# Re-querying more than this share of rows costs as much as the all-points query.
-_REQUERY_SHARE = 0.5
 # hnswlib updates an existing label ~16x slower than it inserts a new one (measured here:
-# 6000 x 32, 25 s to update all, 1.6 s to build afresh), so past ~1/16 of N moved a fresh
+# 6000 x 32, 25 s to update all, 1.6 s to build afresh), so past ~1/16 of N to upsert a fresh
 # build from the stored embeddings is cheaper than updating in place.
 _REBUILD_MOVED_SHARE = 0.06
+# A re-query asks for this many more than k: the index ranks by the places samples had when
+# they were upserted, and the answers are re-ranked by their current vectors.
+_QUERY_SLACK = 2
+# A sample that moved by more than this share of its neighbourhood radius (the distance to its
+# k-th neighbour) gets its rows joined even below tau. Measured on the round benchmark's
+# drift model (10k x 384, rho 0.3, tau 0.1): recall@10 0.93 -> 0.99, 2.5x the joined samples.
+_JOIN_RADIUS_SHARE = 0.25
+# Rows normalised and inserted per step of a build (64k x 384 x 4 B = 96 MiB of scratch).
+_BUILD_BLOCK = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +69,21 @@ class IndexFactory:
     kind: str
     create: Callable[[int], NeighborIndex]
     load: Callable[[Path], NeighborIndex]
+    vector_dtype: str = "float32"  # the keeper's copy of the unit vectors: float32 or float16
 
 
 @dataclass(frozen=True, slots=True)
 class GraphUpdate:
+    """upserted: samples whose new place the graph took in (new, or moved beyond tau; all
+    embedded samples on a rebuild); requeried: rows the index answered afresh (all N on a
+    rebuild); joined: rows rebuilt by local joins."""
+
     graph: KnnGraph
     seconds: float
     upserted: int
     requeried: int
     rebuilt: bool
+    joined: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -66,8 +91,8 @@ class _Built:
     """What exists once a graph was built: the index, the vectors in it and the graph."""
 
     index: NeighborIndex
-    anchor: npt.NDArray[np.float16]  # (N, dim) unit vector of each sample in the index
-    in_index: npt.NDArray[np.bool_]  # (N,)
+    vectors: npt.NDArray[np.floating]  # (N, dim) current unit vector of each sample in the graph
+    in_index: npt.NDArray[np.bool_]  # (N,) in the graph (and in the index, maybe at an old place)
     graph: KnnGraph
 
 
@@ -108,32 +133,71 @@ class GraphKeeper:
         start = time.perf_counter()
         unit = _unit(vectors)
         built = self._built
-        rebuild = built is None or built.graph.k != k
-        if built is not None and not rebuild:
-            new = ~built.in_index[ids]
-            old_ids = ids[~new]
-            old_vectors = built.anchor[old_ids].astype(np.float32)
-            repair = plan_repair(built.graph, old_ids, old_vectors, unit[~new], drift_threshold)
-            moved = np.isin(ids, repair.drifted) | new
-            rebuild = bool(np.count_nonzero(moved) > _REBUILD_MOVED_SHARE * self.n)
-        if rebuild or built is None:
-            all_ids, all_vectors, all_seq = fetch_all()
-            built = self._rebuild(all_ids, _unit(all_vectors), k)
-            seq = max(seq, all_seq)
-            upserted, requeried, rebuilt = all_ids.size, self.n, True
-        else:
-            up_ids = ids[moved]
-            _upsert(built, up_ids, unit[moved])
-            rows = np.union1d(repair.relink, ids[new]).astype(np.int64)
-            rebuilt = rows.size > _REQUERY_SHARE * self.n
-            built.graph = (
-                _full_graph(built, self.n, k) if rebuilt else _requery(built, rows, k, up_ids)
-            )
-            upserted, requeried = up_ids.size, rows.size
-        self._built = built
-        self.seq = max(self.seq, seq)
-        self._dirty = True
-        return GraphUpdate(built.graph, time.perf_counter() - start, upserted, requeried, rebuilt)
+        if built is not None and built.graph.k == k:
+            done = self._refresh(built, ids, unit, k, drift_threshold, seq)
+            if done is not None:
+                self._built, self._dirty = built, True
+                self.seq = max(self.seq, seq)
+                upserted, requeried, joined = done
+                seconds = time.perf_counter() - start
+                return GraphUpdate(built.graph, seconds, upserted, requeried, False, joined)
+        all_ids, all_vectors, all_seq = fetch_all()
+        built = self._rebuild(all_ids, all_vectors, k)
+        self._built, self._dirty = built, True
+        self.seq = max(self.seq, seq, all_seq)
+        seconds = time.perf_counter() - start
+        return GraphUpdate(built.graph, seconds, all_ids.size, self.n, True)
+
+    def _refresh(
+        self,
+        built: _Built,
+        ids: npt.NDArray[np.int64],
+        unit: npt.NDArray[np.float32],
+        k: int,
+        drift_threshold: float,
+        seq: int,
+    ) -> tuple[int, int, int] | None:
+        """Refresh `built` in place for the re-embedded `ids`; None when a rebuild is cheaper.
+
+        Returns (upserted, re-queried, joined) counts.
+        """
+        graph = built.graph
+        new = ~built.in_index[ids]
+        old_ids = ids[~new]
+        repair = plan_repair(
+            graph, old_ids, built.vectors[old_ids].astype(np.float32), unit[~new], drift_threshold
+        )
+        # Beyond the k-th neighbour's distance the old neighbourhood no longer holds the new
+        # one, so a local join has nothing to start from; a row without edges has radius 0.
+        last = graph.neighbors[old_ids, -1] if k else np.full(old_ids.size, NO_NEIGHBOR)
+        radius = np.where(last != NO_NEIGHBOR, 1.0 - graph.similarities[old_ids, -1], 0.0)
+        far = (repair.distances > drift_threshold) & (repair.distances > radius)
+        query_ids = np.union1d(old_ids[far], ids[new]).astype(np.int64)
+        if query_ids.size > _REBUILD_MOVED_SHARE * self.n:
+            return None
+        moved = np.zeros(self.n, dtype=np.bool_)
+        moved[old_ids[repair.distances > 0]] = True
+        moved[ids[new]] = True
+        built.vectors[ids] = unit
+        built.in_index[ids] = True
+        if np.any(new):
+            # Only new samples are inserted: hnswlib updates an existing label ~8-16x slower
+            # than it inserts, and a far-moved sample is found through its fresh query and
+            # the reverse edges; the index keeps its old place, re-ranked on every answer.
+            built.index.upsert(ids[new], unit[new])
+        graph = rescore_edges(graph, built.vectors, moved)
+        graph = _requery(built, graph, query_ids, k)
+        # The rows around every node that moved beyond tau, or beyond a quarter of its own
+        # radius (then its neighbours' order has changed whatever tau says, and a join costs
+        # little): its own row and those that list it.
+        joined = repair.distances > np.minimum(drift_threshold, _JOIN_RADIUS_SHARE * radius)
+        drifted = np.union1d(old_ids[joined], query_ids).astype(np.int64)
+        rows = find_relink_rows(graph, drifted)
+        rows = rows[built.in_index[rows]]
+        rng = np.random.default_rng(seq)  # same inputs, same graph
+        built.graph = join_rows(graph, built.vectors, rows, built.in_index, rng)
+        upserted = repair.drifted.size + int(np.count_nonzero(new))
+        return upserted, int(query_ids.size), int(rows.size)
 
     def empty_graph(self, k: int) -> KnnGraph:
         return _empty_graph(self.n, k)
@@ -152,12 +216,12 @@ class GraphKeeper:
         index_dir = self.folder / f"index-{self.seq}"
         self.folder.mkdir(parents=True, exist_ok=True)
         built.index.save(index_dir)
-        graph, anchor, in_index = built.graph, built.anchor, built.in_index
+        graph, vectors, in_index = built.graph, built.vectors, built.in_index
 
         def write_files(folder: Path) -> None:
             np.save(folder / "neighbors.npy", graph.neighbors)
             np.save(folder / "similarities.npy", graph.similarities)
-            np.save(folder / "anchor.npy", anchor)
+            np.save(folder / "anchor.npy", vectors)  # the name older snapshots used
             np.save(folder / "in_index.npy", in_index)
 
         meta = {
@@ -183,7 +247,7 @@ class GraphKeeper:
             graph = KnnGraph(
                 np.load(folder / "neighbors.npy"), np.load(folder / "similarities.npy")
             )
-            anchor = np.load(folder / "anchor.npy")
+            vectors = np.load(folder / "anchor.npy").astype(self.factory.vector_dtype)
             in_index = np.load(folder / "in_index.npy")
         except FileNotFoundError:
             return False
@@ -192,12 +256,12 @@ class GraphKeeper:
                 "index snapshot in %s is unusable (%s); it will be rebuilt", self.folder, exc
             )
             return False
-        if graph.n != self.n or anchor.shape != (self.n, self.dim) or index.dim != self.dim:
+        if graph.n != self.n or vectors.shape != (self.n, self.dim) or index.dim != self.dim:
             log.warning(
                 "index snapshot in %s does not fit the job; it will be rebuilt", self.folder
             )
             return False
-        self._built = _Built(index, anchor, in_index, graph)
+        self._built = _Built(index, vectors, in_index, graph)
         self.seq = int(meta["seq"])
         return True
 
@@ -206,14 +270,20 @@ class GraphKeeper:
             self._deleted = True
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _rebuild(self, ids: npt.NDArray[np.int64], unit: npt.NDArray[np.float32], k: int) -> _Built:
+    def _rebuild(
+        self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32], k: int
+    ) -> _Built:
+        """A fresh index and graph; the vectors are normalised block by block, so that the
+        build holds no second full-size copy of them."""
         built = _Built(
             index=self.factory.create(self.dim),
-            anchor=np.zeros((self.n, self.dim), dtype=np.float16),
+            vectors=np.zeros((self.n, self.dim), dtype=self.factory.vector_dtype),
             in_index=np.zeros(self.n, dtype=bool),
             graph=_empty_graph(self.n, k),
         )
-        _upsert(built, ids, unit)
+        for start in range(0, ids.size, _BUILD_BLOCK):
+            block = slice(start, start + _BUILD_BLOCK)
+            _upsert(built, ids[block], _unit(vectors[block]))
         built.graph = _full_graph(built, self.n, k)
         return built
 
@@ -225,14 +295,14 @@ def _empty_graph(n: int, k: int) -> KnnGraph:
 def _upsert(built: _Built, ids: npt.NDArray[np.int64], unit: npt.NDArray[np.float32]) -> None:
     if ids.size:
         built.index.upsert(ids, unit)
-        built.anchor[ids] = unit
+        built.vectors[ids] = unit
         built.in_index[ids] = True
 
 
 def _full_graph(built: _Built, n: int, k: int) -> KnnGraph:
     if len(built.index) == 0:
         return _empty_graph(n, k)
-    graph = built.index.knn_graph(k)
+    graph = built.index.knn_graph(k, built.vectors)
     if graph.n == n:
         return graph
     # The index knows ids up to its largest one only; samples beyond have no edges yet.
@@ -242,17 +312,27 @@ def _full_graph(built: _Built, n: int, k: int) -> KnnGraph:
     return padded
 
 
-def _requery(
-    built: _Built, rows: npt.NDArray[np.int64], k: int, moved: npt.NDArray[np.int64]
-) -> KnnGraph:
-    """Re-query `rows` and let the `moved` nodes enter their new neighbours' rows."""
-    graph = built.graph
-    rows = rows[built.in_index[rows]]
-    if rows.size:
-        found, sims = built.index.query(built.anchor[rows].astype(np.float32), k + 1)
-        neighbors, similarities = _drop_self(rows, found, sims, k)
-        graph = replace_rows(graph, rows, neighbors, similarities)
-    return insert_reverse_edges(graph, moved) if moved.size else graph
+def _requery(built: _Built, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int) -> KnnGraph:
+    """Re-query `rows` (already upserted), re-rank the answers by the current vectors, and let
+    each row's new edges enter the rows they name (reverse edges)."""
+    if rows.size == 0 or k == 0:
+        return graph
+    query = built.vectors[rows].astype(np.float32)  # (m, dim)
+    found, _ = built.index.query(query, k + 1 + _QUERY_SLACK)  # (m, k + 1 + slack)
+    real = found >= 0
+    cand = np.where(real, found, 0)
+    sims = np.einsum("md,mcd->mc", query, built.vectors[cand].astype(np.float32))
+    sims = np.where(real & built.in_index[cand], sims, -np.inf).astype(np.float32)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    neighbors, similarities = _drop_self(
+        rows, np.take_along_axis(found, order, axis=1), np.take_along_axis(sims, order, axis=1), k
+    )
+    graph = replace_rows(graph, rows, neighbors, similarities)
+    nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    merge_edges(
+        nb, sim, nb[rows].reshape(-1).astype(np.int64), np.repeat(rows, k), sim[rows].reshape(-1)
+    )
+    return KnnGraph(nb, sim)
 
 
 def _unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -274,7 +354,7 @@ def _drop_self(
     keep = ~is_self
     neighbors = found[keep].reshape(rows.shape[0], -1)[:, :k]
     similarities = sims[keep].reshape(rows.shape[0], -1)[:, :k]
-    valid = neighbors >= 0
+    valid = (neighbors >= 0) & np.isfinite(similarities)
     return (
         np.where(valid, neighbors, NO_NEIGHBOR).astype(np.int32),
         np.where(valid, similarities, 0.0).astype(np.float32),

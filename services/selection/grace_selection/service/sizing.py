@@ -19,24 +19,26 @@ GIB = 1024**3
 # and the duplicate-check scratch (i8); and per round the copies of the first three.
 _ARRAY_BYTES = 4 + 4 + 4 + 8 + 8 + 12
 # The HNSW index per sample (hnswlib): level-0 links (2M + 1 ids of 4 B at M=16), a label,
-# a lock and upper levels, measured near 200 B; its vector and our unit-vector copy per dim.
+# a lock and upper levels, measured near 200 B; its own float32 vector per dim (the adapter
+# keeps no second copy).
 _INDEX_BYTES = 200
-_INDEX_BYTES_PER_DIM = 4 + 4
+_INDEX_BYTES_PER_DIM = 4
 
 
 def estimate_job_bytes(n: int, dim: int, k: int) -> int:
     """Bytes a job of n samples of dim, with a k-NN graph of k, holds at its peak.
 
-    The embeddings (f4), the graph keeper's anchor (f2), the index, the graph (i4 + f4 per
-    edge, old and new during a swap), and a rebuild's working copies of the embeddings
-    (the embedded rows and their unit vectors).
+    The embeddings (f4), the graph keeper's unit vectors (f4 by default; GRACE_GRAPH_VECTORS=
+    float16 halves them, the estimate stays at f4), the index, the graph (i4 + f4 per edge,
+    old and new during a swap), and a rebuild's copy of the embedded rows (it normalises
+    them block by block).
     """
     embeddings = n * dim * 4
-    anchor = n * dim * 2
+    keeper_vectors = n * dim * 4
     index = n * (_INDEX_BYTES + _INDEX_BYTES_PER_DIM * dim)
     graph = 2 * n * k * 8
-    rebuild = 2 * embeddings
-    return embeddings + anchor + index + graph + rebuild + n * _ARRAY_BYTES
+    rebuild = embeddings
+    return embeddings + keeper_vectors + index + graph + rebuild + n * _ARRAY_BYTES
 
 
 def check_job_size(request: CreateJobRequest, limit_bytes: int) -> None:

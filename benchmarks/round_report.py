@@ -1,0 +1,51 @@
+"""The tables of docs/results/round.md from the JSON that benchmarks/round.py writes.
+
+The prose around the tables (what was measured, the drift model, the verdicts) lives in
+`docs/results/round_notes.md` and is copied under the tables, so a re-run keeps it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_PARTS = ("graph", "estimation", "selection", "planning", "publish")
+
+
+def write_markdown(document: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# A round at scale: graph upkeep, the round's parts, memory",
+        "",
+        f"Made on this machine ({document['machine']}, shared with other work) by:",
+        "",
+        *(f"    {command}" for command in _commands(document)),
+        "",
+        "`seconds`: the whole round for `product`, `product-f16` and `before` (graph upkeep,",
+        "estimation, selection, planning, publishing), the graph upkeep alone for a peer.",
+        "`later`: medians over the later rounds; recall@10 is the lowest of them.",
+        "",
+        "| keeper | n | round | seconds (median) | recall@10 (by round) | "
+        + " | ".join(_PARTS)
+        + " | peak RSS MB (x raw f32) |",
+        "|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|",
+    ]
+    for row in document["rows"]:
+        parts = row["parts"]
+        cells = [f"{parts[p]:.2f}" if p in parts else "-" for p in _PARTS]
+        by_round = ", ".join(f"{r:.3f}" for r in row["recall_by_round"])
+        ratio = row["peak_rss_mb"] / row["raw_vectors_mb"]
+        lines.append(
+            f"| {row['keeper']} | {row['n']} | {row['round']} | {row['seconds_median']:.2f} | "
+            f"{row['recall_at_10']:.3f} ({by_round}) | "
+            + " | ".join(cells)
+            + f" | {row['peak_rss_mb']:.0f} ({ratio:.2f}x) |"
+        )
+    notes = path.parent / "round_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _commands(document: dict[str, Any]) -> list[str]:
+    command = document["command"]
+    return [command] if isinstance(command, str) else list(command)

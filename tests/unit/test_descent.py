@@ -1,0 +1,139 @@
+"""core.descent: local joins keep a drifting k-NN graph close to the exact one, round after
+round; edges offered back keep rows sorted, distinct and self-free; re-scored edges match the
+current vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grace_selection.core.descent import join_rows, merge_edges, rescore_edges
+from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
+from grace_selection.core.repair import find_relink_rows
+
+F32 = npt.NDArray[np.float32]
+
+
+def unit(x: npt.NDArray[np.floating]) -> F32:
+    out: F32 = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def clustered(n: int, dim: int, rng: np.random.Generator) -> F32:
+    centres = 3.0 * rng.standard_normal((12, dim))
+    return unit(centres[rng.integers(0, 12, n)] + rng.standard_normal((n, dim)))
+
+
+def exact(vectors: F32, k: int) -> KnnGraph:
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return KnnGraph.from_arrays(ids, np.take_along_axis(sims, ids, axis=1))
+
+
+def recall(graph: KnnGraph, oracle: KnnGraph) -> float:
+    pairs = zip(graph.neighbors, oracle.neighbors, strict=True)
+    hits = sum(np.intersect1d(a, b).size for a, b in pairs)
+    return hits / oracle.neighbors.size
+
+
+def check_rows(graph: KnnGraph) -> None:
+    for i, (row, sims) in enumerate(zip(graph.neighbors, graph.similarities, strict=True)):
+        real = row[row != NO_NEIGHBOR]
+        assert (row[: real.size] == real).all(), "padding sits at the end"
+        assert np.unique(real).size == real.size
+        assert i not in real
+        assert (np.diff(sims[: real.size]) <= 1e-6).all(), "best first"
+
+
+def test_joins_keep_recall_across_drifting_rounds() -> None:
+    rng = np.random.default_rng(0)
+    n, dim, k = 800, 16, 10
+    vectors = clustered(n, dim, rng)
+    graph = exact(vectors, k)
+    present = np.ones(n, dtype=np.bool_)
+    for _ in range(6):
+        moved_ids = rng.choice(n, size=n * 3 // 10, replace=False)
+        old = vectors.copy()
+        # Moves of about half the neighbourhood radius (the keeper re-queries farther ones).
+        vectors[moved_ids] = unit(vectors[moved_ids] + 0.08 * rng.standard_normal((240, dim)))
+        drift = 1.0 - np.einsum("ij,ij->i", old[moved_ids], vectors[moved_ids])
+        moved = np.zeros(n, dtype=np.bool_)
+        moved[moved_ids] = True
+        graph = rescore_edges(graph, vectors, moved)
+        rows = find_relink_rows(graph, moved_ids[drift > 0.01])
+        graph = join_rows(graph, vectors, rows, present, rng)
+        check_rows(graph)
+        assert recall(graph, exact(vectors, k)) >= 0.95
+    # The stored similarities are the current vectors' cosines.
+    real = graph.neighbors != NO_NEIGHBOR
+    rows_ix = np.nonzero(real)[0]
+    expected = np.einsum("ij,ij->i", vectors[rows_ix], vectors[graph.neighbors[real]])
+    np.testing.assert_allclose(graph.similarities[real], expected, atol=1e-5)
+
+
+def test_join_rebuilds_scrambled_rows_from_their_neighbourhood() -> None:
+    rng = np.random.default_rng(1)
+    n, k = 500, 8
+    vectors = clustered(n, 12, rng)
+    oracle = exact(vectors, k)
+    broken = oracle.neighbors.copy()
+    rows = rng.choice(n, size=50, replace=False)
+    broken[rows, k // 2 :] = NO_NEIGHBOR  # half of each of these rows lost
+    graph = KnnGraph.from_arrays(broken, np.where(broken >= 0, oracle.similarities, 0.0))
+    fixed = join_rows(graph, vectors, rows, np.ones(n, dtype=np.bool_), rng)
+    hits = sum(np.intersect1d(fixed.neighbors[r], oracle.neighbors[r]).size for r in rows)
+    assert hits / (rows.size * k) >= 0.95
+
+
+def test_absent_nodes_never_become_neighbours() -> None:
+    rng = np.random.default_rng(2)
+    n, k = 300, 5
+    vectors = clustered(n, 8, rng)
+    present = np.ones(n, dtype=np.bool_)
+    present[::3] = False
+    graph = exact(vectors, k)
+    nb = np.where(present[graph.neighbors], graph.neighbors, NO_NEIGHBOR)
+    graph = KnnGraph.from_arrays(nb, np.where(nb >= 0, graph.similarities, 0.0))
+    rows = np.flatnonzero(present)
+    out = join_rows(graph, vectors, rows, present, rng, random_candidates=20)
+    listed = out.neighbors[out.neighbors != NO_NEIGHBOR]
+    assert present[listed].all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 30),
+    k=st.integers(1, 6),
+    offers=st.integers(0, 80),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_merged_rows_hold_the_best_distinct_entries(n: int, k: int, offers: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = min(k, n - 1)  # a row cannot hold more distinct others
+    vectors = unit(rng.standard_normal((n, 4)))
+    sims = vectors @ vectors.T
+    start = exact(vectors, k)
+    # Start from a partial graph: some entries dropped to padding.
+    drop = rng.random(start.neighbors.shape) < 0.4
+    nb = np.where(drop, NO_NEIGHBOR, start.neighbors)
+    graph = KnnGraph.from_arrays(nb, np.where(nb >= 0, start.similarities, 0.0))
+    neighbors, similarities = graph.neighbors.copy(), graph.similarities.copy()
+    order = np.argsort(np.where(nb >= 0, -similarities, np.inf), axis=1, kind="stable")
+    neighbors = np.take_along_axis(neighbors, order, axis=1)
+    similarities = np.take_along_axis(similarities, order, axis=1)
+    before = [set(r[r >= 0].tolist()) for r in neighbors]
+    dst = rng.integers(0, n, offers).astype(np.int64)
+    src = rng.integers(0, n, offers).astype(np.int64)
+    merge_edges(neighbors, similarities, dst, src, sims[dst, src].astype(np.float32))
+    merged = KnnGraph(neighbors, similarities)
+    check_rows(merged)
+    for i in range(n):
+        pool = before[i] | {int(s) for d, s in zip(dst, src, strict=True) if d == i and s != i}
+        want = sorted(pool, key=lambda j: -sims[i, j])[:k]
+        got = merged.neighbors[i][merged.neighbors[i] >= 0]
+        np.testing.assert_allclose(
+            np.sort(sims[i, got]), np.sort(sims[i, want]), atol=1e-6, err_msg=f"row {i}"
+        )
