@@ -305,3 +305,29 @@ def test_merged_batches_keep_each_sample_once_with_its_last_values() -> None:
     assert merged.step == 4
     assert merged.batch_id == merge_batches(list(parts), prefix="p").batch_id  # deterministic
     assert not can_merge(parts[0], batch([4], [1.0], 5, round_=2))  # another round
+
+
+class LateStartClient(StandInClient):
+    """Its first request waits until the test lets it go: the sender's thread is not scheduled
+    until every report is queued and the service is answering again (a loaded machine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def _apply(self, kind: str, ids: npt.ArrayLike, kw: dict[str, Any]) -> IngestResponse:
+        self.go.wait(timeout=20)
+        return super()._apply(kind, ids, kw)
+
+
+def test_a_backlog_the_sender_never_saw_fail_still_drains_merged_to_its_end() -> None:
+    client = LateStartClient()
+    rep = reporter(client, chunk_size=4096)
+    rng = np.random.default_rng(1)
+    for step in range(500):
+        rep.report(rng.choice(3000, size=32, replace=False), np.ones(32), step=step)
+    client.go.set()
+    stats = rep.close(timeout=20)
+    assert stats.pending_samples == 0
+    # The first request held one report; the other 499 drain in chunks, not one by one.
+    assert len(client.applied) <= 2 + int(np.ceil(499 * 32 / 4096))

@@ -332,11 +332,13 @@ class ScoreReporter:
         behind it up to `chunk_size` samples while a backlog drains: after an outage, or
         whenever a full chunk waits (the sender fell behind, or an outage ended before this
         thread ever saw it fail)."""
-        merging = self._draining or self._backlog_locked()
+        # A backlog, once found, drains merged to its end (the flag holds while sends succeed
+        # and reports wait): its tail would otherwise go out one small request each.
+        self._draining = self._draining or self._backlog_locked()
         parts = [self._queue.popleft()]
         size = parts[0].size
         while (
-            merging
+            self._draining
             and self._queue
             and can_merge(parts[0], self._queue[0])
             and size + self._queue[0].size <= self.chunk_size
