@@ -132,7 +132,9 @@ def run_single(n: int, out: Path, params: HnswParams, config: SelectionConfig) -
     (out / "single.json").write_text(json.dumps({"seconds": seconds, "memory": memory}))
 
 
-def recall_at_k(graph: KnnGraph, vectors: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> float:
+def recall_at_k(
+    graph: KnnGraph, vectors: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]
+) -> float:
     """Share of the exact k nearest (self excluded) that the graph lists, over `rows`."""
     sims = vectors[rows] @ vectors.T  # (R, N)
     sims[np.arange(rows.size), rows] = -np.inf
@@ -200,7 +202,10 @@ def measure(n: int, args: argparse.Namespace, params: HnswParams) -> dict[str, A
         row["seconds_single"] = sum(row["single"]["seconds"].values())
         weight = config.diversity_weight
         picks = outcome.selection.picks
-        for name, on in (("objective_ratio", graph), ("objective_ratio_sharded_graph", outcome.graph)):
+        for name, on in (
+            ("objective_ratio", graph),
+            ("objective_ratio_sharded_graph", outcome.graph),
+        ):
             similarity = build_sparse_similarity(on)
             ours = facility_location_objective(similarity, utility, picks, weight)
             theirs = facility_location_objective(similarity, utility, single_picks, weight)

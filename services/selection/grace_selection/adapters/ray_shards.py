@@ -88,7 +88,11 @@ class RayShardedIndex:
         self._vectors_ref = self._ray.put(unit)
         self._n = unit.shape[0]
         del unit  # the object store holds the one copy the actors read
-        self._wait_all([a.load.remote(m, self._vectors_ref) for a, m in zip(self._actors, parts)])
+        loads = [
+            actor.load.remote(members, self._vectors_ref)
+            for actor, members in zip(self._actors, parts, strict=True)
+        ]
+        self._wait_all(loads)
 
     def knn_graph(self, k: int) -> KnnGraph:
         if self._vectors_ref is None:

@@ -58,7 +58,9 @@ class ShardWorker:
         step = 262_144
         for start in range(0, count, step):
             rows = self._members[start : start + step]
-            index.add_items(np.ascontiguousarray(vectors[rows]), np.arange(start, start + rows.size))
+            index.add_items(
+                np.ascontiguousarray(vectors[rows]), np.arange(start, start + rows.size)
+            )
         self._index = index
         self._local_ids = None
         self._local_sims = None

@@ -61,7 +61,9 @@ class LocalShardedIndex:
         rows = []
         for a, b in block_bounds(unit.shape[0], self._block_rows):
             answers = [w.query(unit, a, b, k + 1) for w in self._workers]
-            rows.append(merge_neighbor_lists([i for i, _ in answers], [s for _, s in answers], k + 1))
+            rows.append(
+                merge_neighbor_lists([i for i, _ in answers], [s for _, s in answers], k + 1)
+            )
         ids = np.concatenate([r[0] for r in rows])
         sims = np.concatenate([r[1] for r in rows])
         return graph_from_merged(ids, sims, k)
