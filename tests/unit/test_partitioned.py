@@ -90,7 +90,8 @@ def test_local_shards_build_the_exact_graph_and_select_near_the_one_process_gree
     exact = exact_graph(vectors, CONFIG.k)
     assert recall(outcome.graph, exact) >= 0.99
     picks = outcome.selection.picks
-    assert picks.size == 400 and np.unique(picks).size == 400
+    assert picks.size == 400
+    assert np.unique(picks).size == 400
     one = select_facility_location(exact, utility, eligible, 400, CONFIG, np.random.default_rng(0))
     similarity = build_sparse_similarity(exact)
     ratio = facility_location_objective(similarity, utility, picks, 1.0) / (
@@ -110,7 +111,8 @@ def test_the_merge_keeps_the_better_of_the_union_greedy_and_the_best_part() -> N
     good = select_facility_location(graph, utility, eligible, 100, CONFIG, np.random.default_rng(0))
     poor = np.arange(100, dtype=np.int64)  # a part that picked blindly
     merged = merge_part_selections(graph, utility, eligible, 100, [poor, good], CONFIG, seed=1)
-    assert merged.picks.size == 100 and np.unique(merged.picks).size == 100
+    assert merged.picks.size == 100
+    assert np.unique(merged.picks).size == 100
     assert merged.objective >= max(merged.part_objectives) - 1e-6
     assert merged.objective == max(merged.merge_objective, *merged.part_objectives)
     assert np.isclose(
