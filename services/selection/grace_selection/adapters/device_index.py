@@ -128,6 +128,8 @@ class DeviceExactIndex:
                 ids[start : start + rows] = top.indices.cpu().numpy()
                 sims[start : start + rows] = top.values.float().cpu().numpy()
             del base
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # hand the cached blocks back: an idle service holds none
         return ids, sims
 
     def _search_faiss(
