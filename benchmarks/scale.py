@@ -110,26 +110,29 @@ def run_single(n: int, out: Path, params: HnswParams, config: SelectionConfig) -
     vectors, utility = make_inputs(n)
     base = status_mb("VmRSS")
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
+    cpu: dict[str, float] = {}
+    started, began = time.perf_counter(), time.process_time()
     index = HnswNeighborIndex.rebuild(np.arange(n, dtype=np.int64), vectors, params)
-    seconds["build"] = time.perf_counter() - started
-    started = time.perf_counter()
+    seconds["build"], cpu["build"] = time.perf_counter() - started, time.process_time() - began
+    started, began = time.perf_counter(), time.process_time()
     graph = index.knn_graph(config.k)
-    seconds["graph"] = time.perf_counter() - started
+    seconds["graph"], cpu["graph"] = time.perf_counter() - started, time.process_time() - began
     peak_graph = status_mb("VmHWM")
     del index
     budget = budget_size(n, config.budget_fraction)
     eligible = np.ones(n, dtype=np.bool_)
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.process_time()
     picks = select_facility_location(
         graph, utility, eligible, budget, config, np.random.default_rng([SEED, 0])
     )
-    seconds["select"] = time.perf_counter() - started
+    seconds["select"], cpu["select"] = time.perf_counter() - started, time.process_time() - began
     np.save(out / "neighbors.npy", graph.neighbors)
     np.save(out / "similarities.npy", graph.similarities)
     np.save(out / "picks.npy", np.sort(picks))
     memory = {"inputs_mb": base, "peak_graph_mb": peak_graph, "peak_mb": status_mb("VmHWM")}
-    (out / "single.json").write_text(json.dumps({"seconds": seconds, "memory": memory}))
+    (out / "single.json").write_text(
+        json.dumps({"seconds": seconds, "cpu_seconds": cpu, "memory": memory})
+    )
 
 
 def recall_at_k(
@@ -154,6 +157,7 @@ def run_sharded(
     from grace_selection.service.sharded_round import select_sharded
 
     sampler = PeakSampler()
+    cpu = time.process_time()
     index = RayShardedIndex(DIM, shards, params, cpus_per_shard=1.0)
     try:
         # select_sharded times each part; the sampler watches the driver while it runs.
@@ -161,6 +165,7 @@ def run_sharded(
             outcome = select_sharded(
                 index, vectors, utility, np.ones(vectors.shape[0], np.bool_), config, SEED
             )
+        driver_cpu = time.process_time() - cpu
         reports = index.reports()
     finally:
         index.close()
@@ -170,8 +175,16 @@ def run_sharded(
         "actor_peak_mb": [r["peak_rss_mb"] for r in reports],
         "object_store_vectors_mb": vectors.nbytes / 2**20,
     }
-    actor_seconds = {key: [r.get(key, 0.0) for r in reports] for key in ("load", "query", "select")}
-    return outcome, {"seconds": outcome.seconds, "actor_seconds": actor_seconds, "memory": memory}
+    parts = ("load", "query", "select")
+    actor_seconds = {key: [r.get(key, 0.0) for r in reports] for key in parts}
+    actor_cpu = {key: [r.get(key + "_cpu", 0.0) for r in reports] for key in parts}
+    return outcome, {
+        "seconds": outcome.seconds,
+        "driver_cpu_seconds": driver_cpu,
+        "actor_seconds": actor_seconds,
+        "actor_cpu_seconds": actor_cpu,
+        "memory": memory,
+    }
 
 
 def measure(n: int, args: argparse.Namespace, params: HnswParams) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class ShardWorker:
         """Index rows `members` of the global (N, dim) matrix `vectors`; returns the count."""
         import hnswlib  # the service extra's; imported here so that nothing loads at import time
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         self._members = np.asarray(members, dtype=np.int64)
         count = self._members.shape[0]
         index = hnswlib.Index(space="cosine", dim=self.dim)
@@ -65,6 +65,7 @@ class ShardWorker:
         self._local_ids = None
         self._local_sims = None
         self.seconds["load"] = time.perf_counter() - started
+        self.seconds["load_cpu"] = time.process_time() - cpu
         return count
 
     def query(
@@ -72,7 +73,7 @@ class ShardWorker:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """This shard's top k (global ids, cosine similarities) for rows start..stop of the
         global matrix `vectors` (the fan-out of an all-points query), each (stop - start, k)."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         block = np.ascontiguousarray(vectors[start:stop])
         take = min(k, self._members.shape[0])
         self._index.set_ef(max(self.params.ef_search, 2 * take))
@@ -84,7 +85,7 @@ class ShardWorker:
         out_sims = np.full((stop - start, k), -np.inf, dtype=np.float32)
         ids[:, :take] = self._members[labels]
         out_sims[:, :take] = sims
-        self.seconds["query"] = self.seconds.get("query", 0.0) + time.perf_counter() - began
+        self._add_seconds("query", time.perf_counter() - began, time.process_time() - cpu)
         return ids, out_sims
 
     def _keep_local_rows(
@@ -123,7 +124,7 @@ class ShardWorker:
     ) -> npt.NDArray[np.int64]:
         """This part's greedy on its own graph; utility and eligible are global (N,) arrays.
         Returns global sample ids, ascending."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         graph = self.local_graph(k)
         local = select_part(
             graph,
@@ -134,12 +135,18 @@ class ShardWorker:
             seed,
             self.part,
         )
-        self.seconds["select"] = time.perf_counter() - began
+        self._add_seconds("select", time.perf_counter() - began, time.process_time() - cpu)
         picks: npt.NDArray[np.int64] = self._members[local]
         return picks
 
+    def _add_seconds(self, part: str, wall: float, cpu: float) -> None:
+        """Wall and CPU seconds (this process, all threads) summed per part of the work."""
+        self.seconds[part] = self.seconds.get(part, 0.0) + wall
+        self.seconds[part + "_cpu"] = self.seconds.get(part + "_cpu", 0.0) + cpu
+
     def report(self) -> dict[str, float]:
-        """Seconds per part of the work and this process's memory (MB): resident now, peak."""
+        """Wall and CPU seconds per part of the work (load, query, select; CPU as `<part>_cpu`)
+        and this process's memory in MB: resident now and peak."""
         memory = {"rss_mb": 0.0, "peak_rss_mb": 0.0}
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over a fork, so a forked Ray worker
         # would report its parent's peak.
