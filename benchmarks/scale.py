@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.scale_report import write_markdown
 from benchmarks.synthetic_graph import make_clustered_vectors
 from grace_selection.adapters.hnsw_index import HnswNeighborIndex, HnswParams
 from grace_selection.core.budget import budget_size
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--ef-construction", type=int, default=100)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--append", action="store_true", help="keep the rows of --json of other sizes"
+    )
     parser.add_argument("--single", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -256,16 +260,23 @@ def main(argv: list[str] | None = None) -> int:
         results = [measure(int(n), args, params) for n in args.sizes.split(",")]
     finally:
         ray.shutdown()
+    command = "python " + " ".join(["benchmarks/scale.py", *(argv or sys.argv[1:])])
+    for row in results:
+        row["command"] = command
+    if args.append and args.json is not None and args.json.exists():
+        kept = json.loads(args.json.read_text())["rows"]
+        new = {(r["n"], r["shards"]) for r in results}
+        results = [r for r in kept if (r["n"], r["shards"]) not in new] + results
     document = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "python " + " ".join(["benchmarks/scale.py", *(argv or sys.argv[1:])]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "hnsw": {"m": params.m, "ef_construction": params.ef_construction, "ef_search": 64},
-        "rows": results,
+        "rows": sorted(results, key=lambda r: (r["n"], r["shards"])),
     }
     text = json.dumps(document, indent=1)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
+        write_markdown(document, args.json.with_suffix(".md"))
     print(text)
     return 0
 
