@@ -256,29 +256,35 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(address="local", num_cpus=args.cpus, num_gpus=0, include_dashboard=False)
-    try:
-        results = [measure(int(n), args, params) for n in args.sizes.split(",")]
-    finally:
-        ray.shutdown()
     command = "python " + " ".join(["benchmarks/scale.py", *(argv or sys.argv[1:])])
-    for row in results:
-        row["command"] = command
+    kept: list[dict[str, Any]] = []
     if args.append and args.json is not None and args.json.exists():
         kept = json.loads(args.json.read_text())["rows"]
-        new = {(r["n"], r["shards"]) for r in results}
-        results = [r for r in kept if (r["n"], r["shards"]) not in new] + results
+    try:
+        for n in args.sizes.split(","):
+            row = measure(int(n), args, params)
+            row["command"] = command
+            # Written after every size: a long run that is stopped keeps what it measured.
+            kept = [r for r in kept if (r["n"], r["shards"]) != (row["n"], row["shards"])]
+            kept.append(row)
+            save(kept, args.json, params)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def save(rows: list[dict[str, Any]], path: Path | None, params: HnswParams) -> None:
     document = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "hnsw": {"m": params.m, "ef_construction": params.ef_construction, "ef_search": 64},
-        "rows": sorted(results, key=lambda r: (r["n"], r["shards"])),
+        "rows": sorted(rows, key=lambda r: (r["n"], r["shards"])),
     }
     text = json.dumps(document, indent=1)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-        write_markdown(document, args.json.with_suffix(".md"))
-    print(text)
-    return 0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        write_markdown(document, path.with_suffix(".md"))
+    print(text, flush=True)
 
 
 if __name__ == "__main__":
