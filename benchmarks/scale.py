@@ -255,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(address="local", num_cpus=args.cpus, num_gpus=0, include_dashboard=False)
+    for attempt in range(4):  # Ray gives its raylet 30 s to start: a busy machine can miss that
+        try:
+            ray.init(address="local", num_cpus=args.cpus, num_gpus=0, include_dashboard=False)
+            break
+        except Exception as exc:  # Ray raises a bare Exception for this timeout
+            log(f"ray.init failed ({exc}); attempt {attempt + 1} of 4")
+            ray.shutdown()
+    else:
+        raise RuntimeError("the local Ray cluster did not start")
     command = "python " + " ".join(["benchmarks/scale.py", *(argv or sys.argv[1:])])
     kept: list[dict[str, Any]] = []
     if args.append and args.json is not None and args.json.exists():
