@@ -70,7 +70,7 @@ def unit_costs(rows: list[dict[str, Any]]) -> list[str]:
     """CPU microseconds per element (build: per insert; query: per point per shard)."""
     lines = [
         "| n | path | build CPU µs / insert | query CPU µs / (point x shard) "
-        "| select CPU µs / point | actor peak bytes / element |",
+        "| select CPU µs / point | actor peak bytes / element (with the Ray worker's own) |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
