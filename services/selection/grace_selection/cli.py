@@ -120,7 +120,12 @@ def _add_serve(subparsers: Any) -> None:
         help="largest body (GRACE_MAX_BODY_BYTES, default 536870912: 512 MiB)",
     )
     serve.add_argument(
-        "--index", choices=["hnsw", "brute"], help="k-NN index (GRACE_INDEX, default hnsw)"
+        "--index",
+        choices=["hnsw", "brute", "torch", "faiss"],
+        help="k-NN index (GRACE_INDEX, default hnsw; torch and faiss: exact, on a GPU)",
+    )
+    serve.add_argument(
+        "--index-device", help="device of --index torch or faiss (GRACE_INDEX_DEVICE, cuda)"
     )
     serve.add_argument(
         "--max-job-bytes", type=int, help="most memory one job may need (GRACE_MAX_JOB_BYTES)"
@@ -159,6 +164,7 @@ def run_serve(args: argparse.Namespace) -> int:
             ("reads_require_token", args.reads_require_token),
             ("max_body_bytes", args.max_body_bytes),
             ("index", args.index),
+            ("index_device", args.index_device),
             ("max_job_bytes", args.max_job_bytes),
             ("round_nice", args.round_nice),
             ("log_level", args.log_level),

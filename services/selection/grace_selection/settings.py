@@ -6,6 +6,7 @@ docker-compose and `.env.example` are written from these names, so keep them sta
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 from pathlib import Path
 from typing import Literal
@@ -36,7 +37,15 @@ class ServiceSettings(BaseSettings):
     token: SecretStr | None = Field(None, description="bearer token for writes (and reads)")
     reads_require_token: bool = Field(False, description="also require the token for reads")
     max_body_bytes: int = Field(512 * MIB, gt=0, description="largest request body accepted")
-    index: Literal["hnsw", "brute"] = Field("hnsw", description="k-NN index implementation")
+    index: Literal["hnsw", "brute", "torch", "faiss"] = Field(
+        "hnsw",
+        description="k-NN index: hnsw (approximate, CPU), brute (exact, numpy), or the GPU "
+        "path: torch (exact blocked search; the gpu extra) or faiss (exact flat index)",
+    )
+    index_device: str = Field(
+        "cuda",
+        description='where GRACE_INDEX=torch or faiss searches: "cuda", "cuda:1", or "cpu"',
+    )
     graph_vectors: Literal["float32", "float16"] = Field(
         "float32",
         description="how the graph keeper stores each sample's unit vector (float16 halves it; "
@@ -67,6 +76,19 @@ class ServiceSettings(BaseSettings):
             f'GRACE_STORE={value!r} is not understood; use "" or "local" for the embedded '
             'file store, or a URL such as "redis://127.0.0.1:6379/0"'
         )
+
+    @field_validator("index")
+    @classmethod
+    def _check_index_installed(cls, value: str) -> str:
+        # Checked at start, without importing it: the service extra has no torch.
+        needs = {"torch": ("torch", "pip install 'grace-coresets[gpu]'"), "faiss": ("faiss", "")}
+        if value in needs and importlib.util.find_spec(needs[value][0]) is None:
+            fix = needs[value][1] or "pip install faiss-gpu-cu12 (or faiss-cpu)"
+            raise ValueError(
+                f"GRACE_INDEX={value} needs {needs[value][0]!r}, which is not installed: {fix}; "
+                "or use GRACE_INDEX=hnsw"
+            )
+        return value
 
     @field_validator("token")
     @classmethod

@@ -15,6 +15,7 @@ from grace_selection.adapters.store_records import (
     StateSnapshot,
     StoredRound,
 )
+from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
 
 
@@ -107,3 +108,38 @@ class ScoreStore(Protocol):
     def read_manifests(self, job_id: str) -> dict[int, bytes]:
         """Every published round's manifest by round number."""
         ...
+
+
+class ShardedIndex(Protocol):
+    """A k-NN index split over shards that each hold a random part of the samples and select
+    on their own (RandGreeDi's parts). The service drives it and stays the one writer of the
+    job's state; shards hold only derived data and are rebuilt from the vectors after a loss."""
+
+    @property
+    def shards(self) -> int: ...
+
+    def build(self, vectors: npt.NDArray[np.float32], seed: int) -> None:
+        """Split samples 0..N-1 into random parts by `seed` and index each part's vectors."""
+        ...
+
+    def knn_graph(self, k: int) -> KnnGraph:
+        """The global k-NN graph: every point queried on every shard, top k merged."""
+        ...
+
+    def select_parts(
+        self,
+        utility: npt.NDArray[np.float32],
+        eligible: npt.NDArray[np.bool_],
+        budget: int,
+        k: int,
+        config: SelectionConfig,
+        seed: int,
+    ) -> list[npt.NDArray[np.int64]]:
+        """Each shard's greedy on its own k-NN graph (call after knn_graph): global ids."""
+        ...
+
+    def reports(self) -> list[dict[str, float]]:
+        """Per shard: seconds per part of its work, resident and peak memory in MB."""
+        ...
+
+    def close(self) -> None: ...

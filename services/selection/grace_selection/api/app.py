@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -47,9 +47,25 @@ def open_store(settings: ServiceSettings) -> ScoreStore:
     return LocalScoreStore(settings.data_dir / "store")
 
 
-def make_index_factory(kind: str, vector_dtype: str = "float32") -> IndexFactory:
-    """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact), and how
-    the graph keeper stores its vectors (GRACE_GRAPH_VECTORS)."""
+def make_index_factory(
+    kind: str, vector_dtype: str = "float32", device: str = "cuda"
+) -> IndexFactory:
+    """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact; torch and
+    faiss: exact on GRACE_INDEX_DEVICE, checked here so that a missing GPU fails at start), and
+    how the graph keeper stores its vectors (GRACE_GRAPH_VECTORS)."""
+    if kind in ("torch", "faiss"):
+        from grace_selection.adapters.device_index import DeviceExactIndex, import_backend
+
+        backend: Literal["torch", "faiss"] = "torch" if kind == "torch" else "faiss"
+        import_backend(backend, device)
+
+        def create_exact(dim: int) -> NeighborIndex:
+            return DeviceExactIndex(dim, backend, device)
+
+        def load_exact(path: Path) -> NeighborIndex:
+            return DeviceExactIndex.load(path, backend, device)
+
+        return IndexFactory(kind, create_exact, load_exact, vector_dtype)
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
 
@@ -76,7 +92,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         store = await run_in_threadpool(open_store, settings)
         service = SelectionService(
             store,
-            make_index_factory(settings.index, settings.graph_vectors),
+            make_index_factory(settings.index, settings.graph_vectors, settings.index_device),
             Path(settings.data_dir),
             events=metrics,
             max_job_bytes=settings.max_job_bytes,
