@@ -190,7 +190,7 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
             keeper = globals()["BeforeKeeper"](n, DIM, factory, Path(folder.name) / "g")
         else:
             dtype = "float16" if keeper_name == "product-f16" else "float32"
-            factory = make_index_factory("hnsw", dtype)
+            factory = make_index_factory("hnsw", vector_dtype=dtype)
             keeper = GraphKeeper(n, DIM, factory, Path(folder.name) / "g")
         previous = np.full(n, np.nan, np.float32)
         results = []

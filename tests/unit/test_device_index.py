@@ -58,7 +58,7 @@ def test_short_index_pads_and_snapshot_round_trips(tmp_path: Path) -> None:
 
 def test_the_service_wires_it_by_setting_and_it_is_off_by_default() -> None:
     assert ServiceSettings().index == "hnsw"
-    factory = make_index_factory("torch", "cpu")
+    factory = make_index_factory("torch", device="cpu")
     assert isinstance(factory.create(4), DeviceExactIndex)
 
 
@@ -80,7 +80,7 @@ def test_no_visible_gpu_is_a_clear_error_at_start() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     with pytest.raises(RuntimeError, match="GRACE_INDEX_DEVICE=cpu"):
-        make_index_factory("torch", "cuda")
+        make_index_factory("torch", device="cuda")
 
 
 def test_faiss_matches_brute_force_where_installed() -> None:

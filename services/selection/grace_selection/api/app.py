@@ -48,7 +48,7 @@ def open_store(settings: ServiceSettings) -> ScoreStore:
 
 
 def make_index_factory(
-    kind: str, vector_dtype: str = "float32", device: str = "cuda"
+    kind: str, *, vector_dtype: str = "float32", device: str = "cuda"
 ) -> IndexFactory:
     """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact; torch and
     faiss: exact on GRACE_INDEX_DEVICE, checked here so that a missing GPU fails at start), and
@@ -92,7 +92,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         store = await run_in_threadpool(open_store, settings)
         service = SelectionService(
             store,
-            make_index_factory(settings.index, settings.graph_vectors, settings.index_device),
+            make_index_factory(
+                settings.index, vector_dtype=settings.graph_vectors, device=settings.index_device
+            ),
             Path(settings.data_dir),
             events=metrics,
             max_job_bytes=settings.max_job_bytes,
