@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -72,9 +71,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.budget < 1.0:
         raise UsageError(f"--budget must be a share of C in (0, 1), got {args.budget}")
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C so that the service and Ray we
-    # started are stopped by the `finally` blocks instead of being left behind.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    from grace_lab.finetune_setup import unwind_on_sigterm
+
+    unwind_on_sigterm()
     try:
         return _run(args)
     except CorpusSourceMissingError as exc:
@@ -168,10 +167,6 @@ def _summary(rows: list[dict[str, Any]], budget: float) -> str:
         f"{reach['random_per_round']}. One seed is one draw: the 3-seed table is "
         "docs/results/finetune_table.md."
     )
-
-
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _describe(args: argparse.Namespace, study: Any) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -169,6 +171,12 @@ def _recipe_json(recipe: GraceRecipe) -> dict[str, Any]:
     out = asdict(recipe)
     out["config"] = recipe.config.to_dict()
     return out
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so that the service and Ray a study
+    started are stopped by its `finally` blocks instead of being left behind."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

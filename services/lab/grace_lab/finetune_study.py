@@ -28,7 +28,7 @@ from typing import Any
 from grace_lab.finetune_methods import GraceRecipe
 from grace_lab.finetune_report import markdown_tables
 from grace_lab.finetune_setup import GRACE_RECIPE, Study, prepare_setup
-from grace_lab.finetune_table import run_one, write_between_markers
+from grace_lab.finetune_table import merge_parts, run_one, write_between_markers
 
 log = logging.getLogger("finetune_study")
 
@@ -91,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_setup(study, seed)
         return 0
     if args.mode == "merge":  # parts run as separate processes, into --json
-        parts = [json.loads(path.read_text()) for path in args.parts]
-        merged_rows = [row for part in parts for row in part["rows"]]
-        merged_curves = [curve for part in parts for curve in part["curves"]]
-        seconds = sum(part["seconds"] for part in parts)
-        _save(args, study, merged_rows, merged_curves, seconds)
+        _save(args, study, *merge_parts(args.parts))
         return 0
     budgets = [float(b) for b in args.budgets.split(",")]
     saved: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict
@@ -34,7 +33,13 @@ from grace_lab.finetune_report import (
     markdown_tables,
     plot_curves,
 )
-from grace_lab.finetune_setup import FinetuneSetup, Study, make_provider, prepare_setup
+from grace_lab.finetune_setup import (
+    FinetuneSetup,
+    Study,
+    make_provider,
+    prepare_setup,
+    unwind_on_sigterm,
+)
 
 log = logging.getLogger("finetune_table")
 METHODS = (
@@ -75,8 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C: the service and Ray a study started are stopped, not orphaned.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    unwind_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     study = Study.from_args(args)
@@ -88,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [float(b) for b in args.budgets.split(",")]
     started = time.perf_counter()
     if args.merge:
-        parts = [_load(path) for path in args.merge]
-        rows = [row for part in parts for row in part.get("rows", [])]
-        curves = [curve for part in parts for curve in part.get("curves", [])]
-        _save(args, study, rows, curves, sum(part.get("seconds", 0.0) for part in parts))
+        rows, curves, seconds = merge_parts(args.merge)
+        _save(args, study, rows, curves, seconds)
         print(markdown_tables(rows, _names(rows)))
         return 0
     saved = _load(args.json)
@@ -167,6 +169,16 @@ def run_one(
 
 def _names(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({s for r in rows for s in r["per_stratum"]})
+
+
+def merge_parts(
+    paths: list[Path],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """The rows, curves and summed seconds of study parts run as separate processes."""
+    parts = [_load(path) for path in paths]
+    rows = [row for part in parts for row in part.get("rows", [])]
+    curves = [curve for part in parts for curve in part.get("curves", [])]
+    return rows, curves, sum(part.get("seconds", 0.0) for part in parts)
 
 
 def _load(path: Path) -> dict[str, Any]:
