@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import numpy as np
 
+from benchmarks.selection import timed
 from benchmarks.synthetic_graph import make_clustered_graph, make_scores
 
 SEED = 0
@@ -88,16 +89,6 @@ def stochastic_selector(
         epsilon=config.stochastic_epsilon,
         rng=rng,
     )
-
-
-def timed(fn: Any, repeats: int) -> tuple[list[float], list[float], Any]:
-    walls, cpus, result = [], [], None
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return walls, cpus, result
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
