@@ -14,6 +14,7 @@ from grace_selection.core.repair import (
     insert_reverse_edges,
     measure_drift,
     plan_repair,
+    remove_shared_drift,
     replace_rows,
 )
 
@@ -209,3 +210,48 @@ def test_replace_rows_refuses_a_self_match_and_bad_shapes() -> None:
         replace_rows(graph, [1], [[0, 2, 3]], [[1.0, 1.0, 1.0]])
     with pytest.raises(ValueError, match=r"^similarities:"):
         replace_rows(graph, [1], [[0, 2]], [[1.0]])
+
+
+def _flat_states(seed: int, n: int = 200, dim: int = 16) -> npt.NDArray[np.float64]:
+    """Unit vectors like a small LM's pooled states: one shared direction, tiny spread."""
+    rng = np.random.default_rng(seed)
+    common = np.zeros(dim)
+    common[0] = 1.0
+    rows = common + 0.01 * rng.normal(size=(n, dim))
+    unit: npt.NDArray[np.float64] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return unit
+
+
+def test_remove_shared_drift_takes_back_the_move_every_row_made() -> None:
+    old = _flat_states(0)
+    shift = np.zeros(old.shape[1])
+    shift[1] = 0.05  # larger than the spread between rows: the fresh rows' nearest are fresh
+    new = old + shift + 0.001 * np.random.default_rng(1).normal(size=old.shape)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    aligned = remove_shared_drift(old, new, new)
+    assert aligned.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(aligned, axis=1), 1.0, atol=1e-6)
+    before = float(np.median(measure_drift(old, new)))
+    after = float(np.median(measure_drift(old, aligned)))
+    assert after < before / 50  # what is left is each row's own small move
+
+
+def test_remove_shared_drift_moves_new_rows_the_same_way() -> None:
+    old = _flat_states(2)
+    shift = np.zeros(old.shape[1])
+    shift[2] = 0.05
+    new = old + shift
+    newcomer = _flat_states(3, n=5) + shift
+    aligned = remove_shared_drift(old, new, np.vstack([new, newcomer]))
+    # A newcomer from the same model lands in the old frame, among the old rows.
+    expected = _flat_states(3, n=5)
+    assert float(measure_drift(expected, aligned[-5:]).max()) < 1e-6
+
+
+def test_remove_shared_drift_leaves_too_few_rows_or_no_move_alone() -> None:
+    old = _flat_states(4, n=7)
+    shifted = old + 0.05
+    out = remove_shared_drift(old, shifted, shifted)
+    np.testing.assert_array_equal(out, shifted.astype(np.float32))  # 7 < min_rows
+    same = _flat_states(5).astype(np.float32)
+    np.testing.assert_array_equal(remove_shared_drift(same, same, same), same)

@@ -153,3 +153,33 @@ def exact_graph_n(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
     index = BruteForceIndex(vectors.shape[1])
     index.upsert(np.arange(vectors.shape[0], dtype=np.int64), vectors)
     return index.knn_graph(K).neighbors
+
+
+def test_a_move_every_fresh_row_shares_does_not_cut_them_off_from_stale_rows(
+    tmp_path: Path,
+) -> None:
+    # Pooled states of a small LM: cosines near 1, and training shifts them all alike. Without
+    # alignment the re-embedded tenth would link only to one another.
+    rng = np.random.default_rng(7)
+    common = np.zeros(DIM, np.float32)
+    common[0] = 1.0
+    vectors = (common + 0.01 * rng.normal(size=(N, DIM))).astype(np.float32)
+    keeper = keeper_with(vectors, tmp_path)
+    fresh = np.sort(rng.choice(N, size=N // 10, replace=False)).astype(np.int64)
+    shift = np.zeros(DIM, np.float32)
+    shift[1] = 0.05
+    moved = (vectors[fresh] + shift + 0.0005 * rng.normal(size=(fresh.size, DIM))).astype(
+        np.float32
+    )
+    update = keeper.update(fresh, moved, 2, K, 0.1, lambda: (np.arange(N), vectors, 2))
+    rows = update.graph.neighbors[fresh]
+    is_fresh = np.isin(rows, fresh)
+    assert is_fresh.mean() < 0.3  # about the tenth chance gives, not all of them
+    # And the fresh rows find the neighbours their unshifted states had.
+    overlap = np.mean(
+        [
+            np.intersect1d(a, b).size / K
+            for a, b in zip(rows, exact_graph(vectors)[fresh], strict=True)
+        ]
+    )
+    assert overlap > 0.7

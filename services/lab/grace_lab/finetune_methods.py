@@ -198,6 +198,14 @@ class GraceRecipe:
         no forward pass, no charge).
     importance: what the trainer reports as importance: the closed-form "gradient" norm, or
         the "loss" itself.
+    scorer: which model makes the charged passes: the "main" model being fine-tuned, or a
+        "proxy", a smaller base model pretrained on the same corpus (a public small
+        checkpoint, like the base model charged to no one) that is never fine-tuned: its
+        round-0 pass gives the scores and the graph at a fraction of the main model's cost.
+    centre: subtract the mean of round 0's embeddings over all N before they reach the graph
+        (pooled states share one direction; centring leaves what tells samples apart).
+    rescore_schedule: the share re-scored by the workers at round r (index r, the last entry
+        holding for later rounds); empty keeps config.rescore_fraction every round.
     """
 
     config: SelectionConfig
@@ -206,13 +214,26 @@ class GraceRecipe:
     importance: Literal["gradient", "loss"] = "gradient"
     trainer_embeddings: bool = False
     demote_trained: bool = False
+    scorer: Literal["main", "proxy"] = "main"
+    centre: bool = False
+    rescore_schedule: tuple[float, ...] = ()
 
 
 class FinetuneGrace:
     """GRACE through the service's own round, in this process (the tuning study's GRACE)."""
 
-    def __init__(self, name: str, data: FinetuneData, recipe: GraceRecipe, seed: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        data: FinetuneData,
+        recipe: GraceRecipe,
+        seed: int,
+        proxy: TinyGPT | None = None,
+    ) -> None:
+        if recipe.scorer == "proxy" and proxy is None:
+            raise ValueError(f"{name}: a proxy scorer needs the proxy model")
         self.name, self.data, self.recipe, self.seed = name, data, recipe, seed
+        self.proxy = proxy
         n = len(data.train)
         self.job = LocalJob(n, DIM, recipe.config, seed, data.train_strata)
         self.plan: I64 = np.arange(n, dtype=np.int64)
@@ -223,9 +244,11 @@ class FinetuneGrace:
     def begin(self, model: TinyGPT, meter: ComputeMeter) -> None:
         ids = np.arange(len(self.data.train), dtype=np.int64)
         if self.recipe.embedding == "model":
-            scored = charged_scores(model, self.data, ids, meter, self.seed)
+            scorer = self._scorer(model)
+            scored = charged_scores(scorer, self.data, ids, meter, self.seed, self.recipe.scorer)
+            vectors = _centred(scored.embeddings) if self.recipe.centre else scored.embeddings
             self.job.apply_worker_scores(
-                ids, 0, embeddings=scored.embeddings, loss=scored.loss, importance=scored.importance
+                ids, 0, embeddings=vectors, loss=scored.loss, importance=scored.importance
             )
         else:
             vectors = input_embeddings(model, self.data, ids, self.seed)
@@ -234,10 +257,11 @@ class FinetuneGrace:
     def next_round(self, round_: int, model: TinyGPT, meter: ComputeMeter) -> RoundPlan:
         scored_count, skipped = 0, False
         wants = round_ > 0 and self.recipe.signals in ("workers", "both") and self.plan.size > 0
-        if wants and not can_afford(model, self.data, self.plan, meter):
+        scorer = self._scorer(model)
+        if wants and not can_afford(scorer, self.data, self.plan, meter):
             wants, skipped = False, True  # the plan's pass would overrun the budget: estimate
         if wants:
-            scored = charged_scores(model, self.data, self.plan, meter, self.seed)
+            scored = charged_scores(scorer, self.data, self.plan, meter, self.seed)
             # An input-embedding graph stays in its own space: re-scored samples keep their
             # vectors (the service path's workers post input-embedding means every round).
             self.job.apply_worker_scores(
@@ -248,6 +272,10 @@ class FinetuneGrace:
                 importance=scored.importance,
             )
             scored_count = self.plan.size
+        schedule = self.recipe.rescore_schedule
+        if schedule:  # this round's step plans the next round's re-scoring
+            share = schedule[min(round_ + 1, len(schedule) - 1)]
+            self.job.config = replace(self.job.config, rescore_fraction=share)
         outcome = self.job.step(round_)
         self.last_outcome = outcome
         self.plan = outcome.result.rescore_plan
@@ -295,6 +323,9 @@ class FinetuneGrace:
     def close(self) -> None:
         self.job.close()
 
+    def _scorer(self, model: TinyGPT) -> TinyGPT:
+        return self.proxy if self.recipe.scorer == "proxy" and self.proxy is not None else model
+
     def _project(self, pooled: F32) -> F32:
         if self._projection is None:
             self._projection = torch.from_numpy(make_projection(pooled.shape[1], DIM, self.seed))
@@ -318,6 +349,13 @@ def input_embeddings(model: TinyGPT, data: FinetuneData, ids: I64, seed: int) ->
     norms = np.linalg.norm(reduced, axis=1, keepdims=True)
     unit: F32 = (reduced / np.maximum(norms, 1e-12)).astype(np.float32)
     return unit
+
+
+def _centred(unit: F32) -> F32:
+    centred = unit - unit.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    out: F32 = (centred / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 def with_config(recipe: GraceRecipe, **changes: Any) -> GraceRecipe:

@@ -206,6 +206,26 @@ def prepare_setup(study: Study, seed: int) -> FinetuneSetup:
     )
 
 
+# The proxy scorer: one layer of width 32, about a sixth of the main model's matrix-product
+# parameters (the 4k-token output layer dominates both), pretrained like the base model.
+PROXY_LAYERS, PROXY_WIDTH = 1, 32
+
+
+def proxy_model(study: Study, setup: FinetuneSetup) -> TinyGPT:
+    """A smaller model pretrained on the same general corpus (cached), never fine-tuned."""
+    config = replace(setup.model_config, n_layer=PROXY_LAYERS, n_embd=PROXY_WIDTH)
+    state = pretrain_base(
+        setup.data.pretrain,
+        config,
+        setup.seed,
+        study.work_dir / "base",
+        epochs=study.pretrain_epochs,
+    )
+    model = TinyGPT(config)
+    model.load_state_dict(state)
+    return model
+
+
 def _data_folder(recipe: FinetuneRecipe) -> str:
     """One folder per recipe: a seed's data is shared by every study that asks for it."""
     import hashlib
@@ -248,7 +268,10 @@ def make_provider(
         chosen = study.grace if method == "grace" else study.full_rescoring
         recipe = replace(chosen, config=replace(chosen.config, budget_fraction=budget))
         if grace_path == "inprocess":
-            return FinetuneGrace(method, data, recipe, seed)
+            proxy = proxy_model(study, setup) if recipe.scorer == "proxy" else None
+            return FinetuneGrace(method, data, recipe, seed, proxy)
+        if recipe.scorer == "proxy":
+            raise ValueError(f"{method}: a proxy scorer runs in-process only (the tuning study)")
         from grace_lab.finetune_service import ServiceGrace
 
         return ServiceGrace(

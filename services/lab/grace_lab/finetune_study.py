@@ -27,7 +27,7 @@ from typing import Any
 
 from grace_lab.finetune_methods import GraceRecipe
 from grace_lab.finetune_report import markdown_tables
-from grace_lab.finetune_setup import GRACE_RECIPE, Study, prepare_setup
+from grace_lab.finetune_setup import GRACE_CONFIG, GRACE_RECIPE, Study, prepare_setup
 from grace_lab.finetune_table import merge_parts, run_one, write_between_markers
 
 log = logging.getLogger("finetune_study")
@@ -46,11 +46,29 @@ VARIANTS: dict[str, GraceRecipe] = {
     "guard 0.1": _variant(noise_guard_fraction=0.1),
     "guard 0.2": _variant(noise_guard_fraction=0.2),
     "smooth": _variant(estimation_rule="smooth"),
+    "smooth strength 0.3": _variant(estimation_rule="smooth", smooth_strength=0.3),
+    "smooth strength 3": _variant(estimation_rule="smooth", smooth_strength=3.0),
     "neutral unseen": _variant(unscored_rank=0.5),
     "gradient importance": replace(GRACE_RECIPE, importance="gradient"),
     "stratum budgets equal": _variant(stratum_budgets={0: 0.25, 1: 0.25, 2: 0.25, 3: 0.25}),
     "message passing": _variant(selector="graph_message_passing"),
     "facility location": _variant(selector="facility_location"),
+    # The levers of embeddings and cheaper scoring (one charged round-0 pass each):
+    "model graph": replace(GRACE_RECIPE, embedding="model"),
+    "model graph centred + message passing": replace(
+        GRACE_RECIPE,
+        embedding="model",
+        centre=True,
+        config=replace(GRACE_RECIPE.config, selector="graph_message_passing"),
+    ),
+    "proxy graph centred": replace(GRACE_RECIPE, embedding="model", scorer="proxy", centre=True),
+    # Re-scoring by the workers on top of the trainer's losses (charged each round):
+    "rho 0.1": replace(
+        GRACE_RECIPE, signals="both", config=replace(GRACE_CONFIG, rescore_fraction=0.1)
+    ),
+    "rho schedule 0.3 then 0.1": replace(
+        GRACE_RECIPE, signals="both", rescore_schedule=(0.0, 0.3, 0.1)
+    ),
 }
 BASELINES = ("random_per_round", "infobatch")
 CELLS: dict[str, dict[str, Any]] = {

@@ -30,6 +30,9 @@ _TINY_NORM = 1e-12
 # Float64 rounding leaves ~1e-16 on an unmoved vector; below this a distance is exactly 0, so
 # that an unchanged embedding never drifts, even at threshold 0.
 _ROUNDING = 1e-9
+# A shared move shorter than this (unit vectors) is float noise, not drift: left alone, so that
+# rows re-posted unchanged (a fixed input-embedding graph) stay bit for bit what they were.
+_SHARED_DRIFT_FLOOR = 1e-6
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -67,6 +70,41 @@ def measure_drift(old: npt.ArrayLike, new: npt.ArrayLike) -> npt.NDArray[np.floa
     distance: npt.NDArray[np.float64] = np.clip(1.0 - cosine, 0.0, 2.0)
     distance[distance < _ROUNDING] = 0.0
     return distance.astype(np.float32)
+
+
+def remove_shared_drift(
+    old: npt.NDArray[np.floating],
+    new: npt.NDArray[np.floating],
+    unaligned: npt.NDArray[np.floating],
+    *,
+    min_rows: int = 8,
+) -> npt.NDArray[np.float32]:
+    """`unaligned` unit vectors moved back by the drift that the re-embedded rows share.
+
+    old, new: (m, d) the previous and the newest unit embeddings of the m re-embedded samples
+    the graph already holds; unaligned: (p, d) every newest embedding of the round (those m
+    rows and the samples new to the graph), all from the newest model. Returns (p, d) float32
+    unit vectors, `unaligned` minus the mean of new - old, re-normalised.
+
+    Why: training moves every sample's hidden state the same way. The pooled states of a small
+    language model have cosines of 0.9999 with one another, so that shared move is larger than
+    the distances between samples: re-embedded rows then sit nearer one another than any row
+    embedded by an older model, the graph links fresh rows only to fresh rows, and estimation
+    has no fresh neighbour to propagate from. Taking the shared move out puts every row back
+    in one frame (the graph's first), and what is left of a row's drift is its own.
+    Fewer than `min_rows` rows are too few to tell a shared move from the rows' own; the
+    vectors come back unchanged then, as they do when nothing moved in common.
+    """
+    out = np.asarray(unaligned, dtype=np.float32)
+    if old.shape[0] < min_rows:
+        return out
+    shared = (np.asarray(new, np.float64) - np.asarray(old, np.float64)).mean(axis=0)
+    if float(np.linalg.norm(shared)) < _SHARED_DRIFT_FLOOR:
+        return out
+    moved = out.astype(np.float64) - shared
+    norms = np.linalg.norm(moved, axis=1, keepdims=True)
+    aligned: npt.NDArray[np.float32] = (moved / np.maximum(norms, _TINY_NORM)).astype(np.float32)
+    return aligned
 
 
 def plan_repair(

@@ -9,6 +9,9 @@ in place (core.descent) and keep the index for what a local join cannot do:
 - `vectors` holds the current unit vector of every sample in the graph: the one copy the
   refresh reads, and the anchor that drift is measured against (float32, or float16 to halve
   it: cosines move by ~1e-3, far below any useful tau);
+- a round's fresh vectors first lose the move they share (`core.repair.remove_shared_drift`:
+  training shifts every hidden state alike, and without this fresh rows would link only to
+  fresh rows), so that rows embedded by different models stay in one frame;
 - every re-embedded sample's vector is replaced and the edges that name it re-scored, so no
   row keeps a similarity from an older model;
 - a sample that moved beyond tau (or beyond a quarter of its neighbourhood radius, the
@@ -43,7 +46,12 @@ from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
 from grace_selection.core.descent import join_rows, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
-from grace_selection.core.repair import find_relink_rows, plan_repair, replace_rows
+from grace_selection.core.repair import (
+    find_relink_rows,
+    plan_repair,
+    remove_shared_drift,
+    replace_rows,
+)
 
 log = logging.getLogger(__name__)
 _GRAPH_KIND = "grace-graph"
@@ -133,6 +141,9 @@ class GraphKeeper:
         start = time.perf_counter()
         unit = _unit(vectors)
         built = self._built
+        if built is not None:
+            held = built.in_index[ids]  # re-embedded, not new: their old vectors are here
+            unit = remove_shared_drift(built.vectors[ids[held]], unit[held], unit)
         if built is not None and built.graph.k == k:
             done = self._refresh(built, ids, unit, k, drift_threshold, seq)
             if done is not None:
