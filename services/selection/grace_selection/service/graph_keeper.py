@@ -124,6 +124,15 @@ class GraphKeeper:
     def loaded(self) -> bool:
         return self._built is not None
 
+    def held_vectors(
+        self, ids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
+        """Which of `ids` the graph holds, and their current unit vectors (float32 copies)."""
+        if self._built is None:
+            return np.zeros(ids.size, np.bool_), np.zeros((0, self.dim), np.float32)
+        held = self._built.in_index[ids]
+        return held, self._built.vectors[ids[held]].astype(np.float32)
+
     def update(
         self,
         ids: npt.NDArray[np.int64],
