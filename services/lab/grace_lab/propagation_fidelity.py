@@ -118,9 +118,19 @@ def finetune_rows(
                     raise RuntimeError("no outcome after a round step")
                 result = outcome.result
                 row = _row("finetune", rho, rule, round_, seed, result, full.importance)
+                # Split by whether a stale sample was trained on since it was scored: how much
+                # of the re-ranking is training on it, and how much is the model moving on.
+                since = last_trained >= outcome.inputs.scores.scored_round
+                for name, group in (("trained", since), ("untrained", ~since)):
+                    spearman, _ = compare(
+                        result.importance, full.importance, result.estimated & group
+                    )
+                    row[f"spearman_{name}"] = spearman
                 rows.append({**row, "embedding": embedding})
+            last_trained[plan.ids] = round_
             return plan
 
+    last_trained = np.full(len(setup.data.train), -1, np.int64)  # the last round it was in
     recipe = GraceRecipe(config, signals="workers", embedding=embedding)  # type: ignore[arg-type]
     provider = Measured("grace", setup.data, recipe, seed)
     run_finetune(
