@@ -4,7 +4,6 @@ round-0 embeddings, and a re-scoring schedule that changes the share round by ro
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
