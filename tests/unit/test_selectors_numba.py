@@ -207,3 +207,20 @@ def test_the_switch_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv(acceleration.ENV_VAR, "1")
     with pytest.raises(RuntimeError, match=r"grace-coresets\[fast\]"):
         acceleration.numba_enabled()
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(graphs, st.integers(0, 2**16), st.booleans())
+def test_coverage_weights_numba_and_numpy_agree(graph: KnnGraph, seed: int, coarse: bool) -> None:
+    from grace_selection.core.weights import compute_coverage_weights
+
+    rng = np.random.default_rng(seed)
+    if coarse:  # equal similarities everywhere: ties must go to the lower pick id in both
+        graph = KnnGraph(graph.neighbors, np.round(graph.similarities * 2) / 2)
+    size = max(1, int(rng.random() * graph.n))
+    picks = rng.choice(graph.n, size=size, replace=False).astype(np.int64)
+    fast = run_with("1", compute_coverage_weights, graph, picks)
+    slow = run_with("0", compute_coverage_weights, graph, picks)
+    np.testing.assert_array_equal(fast, slow)
+    assert float(fast.sum()) == pytest.approx(graph.n, rel=1e-5)

@@ -226,3 +226,43 @@ def build_sparse_similarity(
                 vals[p] = sim[i, t]
                 filled[j] += 1
     return indptr, cols, vals
+
+
+@_jit
+def coverage_owner(
+    nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32], picks: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Twin of `weights._coverage_owner_numpy`: each sample's most similar pick over either
+    edge direction (the lower pick id among equals), the pick itself for a pick, n for none."""
+    n, k = nb.shape
+    selected = np.zeros(n, dtype=np.bool_)
+    for p in picks:
+        selected[p] = True
+    best = np.full(n, -np.inf, dtype=np.float64)
+    owner = np.full(n, n, dtype=np.int64)
+    # A NaN similarity makes the numpy path's maximum NaN, which nothing equals: no owner.
+    poisoned = np.zeros(n, dtype=np.bool_)
+    for i in range(n):  # sample i lists pick j
+        for t in range(k):
+            j = nb[i, t]
+            if j != -1 and selected[j]:
+                s = np.float64(sim[i, t])
+                if s != s:
+                    poisoned[i] = True
+                elif s > best[i] or (s == best[i] and j < owner[i]):
+                    best[i], owner[i] = s, j
+    for p in picks:  # pick p lists sample i
+        for t in range(k):
+            i = nb[p, t]
+            if i != -1:
+                s = np.float64(sim[p, t])
+                if s != s:
+                    poisoned[i] = True
+                elif s > best[i] or (s == best[i] and p < owner[i]):
+                    best[i], owner[i] = s, p
+    for i in range(n):
+        if poisoned[i]:
+            owner[i] = n
+    for p in picks:
+        owner[p] = p
+    return owner
