@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_lab.finetune_setup import Study
+from grace_lab.propagation_fidelity import run_measured
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.repair import measure_drift, remove_shared_drift
 from grace_selection.service.graph_keeper import GraphKeeper
@@ -64,7 +64,6 @@ def drift_row(
 def finetune_drift(study: Study, seed: int, rho: float, budget: float) -> list[dict[str, Any]]:
     from grace_lab.finetune_methods import FinetuneGrace, GraceRecipe
     from grace_lab.finetune_setup import prepare_setup
-    from grace_lab.finetune_training import run_finetune
 
     setup = prepare_setup(study, seed)
     config = SelectionConfig(budget_fraction=budget, rescore_fraction=rho)
@@ -82,16 +81,7 @@ def finetune_drift(study: Study, seed: int, rho: float, budget: float) -> list[d
         return update(ids, vectors, *args)
 
     keeper.update = measured_update  # type: ignore[method-assign,assignment]
-    schedule = replace(study.schedule, rounds=max(4, study.schedule.rounds))
-    run_finetune(
-        setup.data,
-        setup.model_config,
-        setup.base_state,
-        provider,
-        budget * setup.reference,
-        schedule,
-        seed,
-    )
+    run_measured(study, setup, provider, budget)
     return rows
 
 

@@ -91,7 +91,6 @@ def finetune_rows(
     """GRACE with worker scoring on the fine-tuning task, a full re-score before each round."""
     from grace_lab.finetune_methods import FinetuneGrace, GraceRecipe, charged_scores
     from grace_lab.finetune_setup import prepare_setup
-    from grace_lab.finetune_training import run_finetune
     from grace_lab.inprocess import score_samples
 
     setup = prepare_setup(study, seed)
@@ -132,7 +131,15 @@ def finetune_rows(
 
     last_trained = np.full(len(setup.data.train), -1, np.int64)  # the last round it was in
     recipe = GraceRecipe(config, signals="workers", embedding=embedding)  # type: ignore[arg-type]
-    provider = Measured("grace", setup.data, recipe, seed)
+    run_measured(study, setup, Measured("grace", setup.data, recipe, seed), budget)
+    return rows
+
+
+def run_measured(study: Study, setup: Any, provider: Any, budget: float) -> None:
+    """Fine-tune with `provider` at `budget` x C over at least four rounds: three later rounds
+    to measure in, whatever the study's own schedule says."""
+    from grace_lab.finetune_training import run_finetune
+
     run_finetune(
         setup.data,
         setup.model_config,
@@ -140,9 +147,8 @@ def finetune_rows(
         provider,
         budget * setup.reference,
         replace(study.schedule, rounds=max(4, study.schedule.rounds)),
-        seed,
+        setup.seed,
     )
-    return rows
 
 
 def _row(
