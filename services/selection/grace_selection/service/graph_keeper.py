@@ -41,9 +41,9 @@ import numpy.typing as npt
 
 from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
-from grace_selection.core.descent import join_rows, merge_edges, rescore_edges
+from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
-from grace_selection.core.repair import find_relink_rows, plan_repair, replace_rows
+from grace_selection.core.repair import find_relink_rows, replace_rows
 
 log = logging.getLogger(__name__)
 _GRAPH_KIND = "grace-graph"
@@ -164,19 +164,21 @@ class GraphKeeper:
         graph = built.graph
         new = ~built.in_index[ids]
         old_ids = ids[~new]
-        repair = plan_repair(
-            graph, old_ids, built.vectors[old_ids].astype(np.float32), unit[~new], drift_threshold
-        )
+        if not np.isfinite(drift_threshold) or not 0.0 <= drift_threshold <= 2.0:
+            raise ValueError(
+                f"threshold: must be a cosine distance in [0, 2], got {drift_threshold!r}"
+            )
+        distances = measure_unit_drift(built.vectors[old_ids], unit[~new])  # (m,)
         # Beyond the k-th neighbour's distance the old neighbourhood no longer holds the new
         # one, so a local join has nothing to start from; a row without edges has radius 0.
         last = graph.neighbors[old_ids, -1] if k else np.full(old_ids.size, NO_NEIGHBOR)
         radius = np.where(last != NO_NEIGHBOR, 1.0 - graph.similarities[old_ids, -1], 0.0)
-        far = (repair.distances > drift_threshold) & (repair.distances > radius)
+        far = (distances > drift_threshold) & (distances > radius)
         query_ids = np.union1d(old_ids[far], ids[new]).astype(np.int64)
         if query_ids.size > _REBUILD_MOVED_SHARE * self.n:
             return None
         moved = np.zeros(self.n, dtype=np.bool_)
-        moved[old_ids[repair.distances > 0]] = True
+        moved[old_ids[distances > 0]] = True
         moved[ids[new]] = True
         built.vectors[ids] = unit
         built.in_index[ids] = True
@@ -190,13 +192,13 @@ class GraphKeeper:
         # The rows around every node that moved beyond tau, or beyond a quarter of its own
         # radius (then its neighbours' order has changed whatever tau says, and a join costs
         # little): its own row and those that list it.
-        joined = repair.distances > np.minimum(drift_threshold, _JOIN_RADIUS_SHARE * radius)
+        joined = distances > np.minimum(drift_threshold, _JOIN_RADIUS_SHARE * radius)
         drifted = np.union1d(old_ids[joined], query_ids).astype(np.int64)
         rows = find_relink_rows(graph, drifted)
         rows = rows[built.in_index[rows]]
         rng = np.random.default_rng(seq)  # same inputs, same graph
         built.graph = join_rows(graph, built.vectors, rows, built.in_index, rng)
-        upserted = repair.drifted.size + int(np.count_nonzero(new))
+        upserted = int(np.count_nonzero(distances > drift_threshold) + np.count_nonzero(new))
         return upserted, int(query_ids.size), int(rows.size)
 
     def empty_graph(self, k: int) -> KnnGraph:
