@@ -135,12 +135,16 @@ def join_rows(
     compiled = _compiled(vectors)
     expand = graph.k if expand is None else min(expand, graph.k)
     active = row_ids
+    previous = np.empty((0, graph.k), dtype=np.int32)  # what the last pass read (none yet)
     for _ in range(iterations):
         picks = pool[rng.integers(0, pool.size, size=(active.size, random_candidates))]
         # Every row of a pass reads the graph as it was when the pass began (so the rows can
         # be rebuilt in any order, or block by block, and give the same graph).
         if compiled:
-            best, best_sims, changed = _join_pass_compiled(nb, vectors, active, picks, expand)
+            best, best_sims, changed = _join_pass_compiled(
+                nb, sim, vectors, active, picks, expand, previous
+            )
+            previous = nb.copy()
         else:
             best, best_sims, changed = _join_pass_numpy(nb, vectors, active, picks, expand)
         nb[active], sim[active] = best, best_sims
@@ -160,10 +164,12 @@ def join_rows(
 
 def _join_pass_compiled(
     nb: npt.NDArray[np.int32],
+    sim: npt.NDArray[np.float32],
     vectors: npt.NDArray[np.floating],
     active: IdArray,
     picks: IdArray,
     expand: int,
+    previous: npt.NDArray[np.int32],
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """`_join_pass_numpy`'s twin: the kernel over slices of the rows, on threads."""
     k = nb.shape[1]
@@ -175,10 +181,12 @@ def _join_pass_compiled(
     def run(lo: int, hi: int) -> None:
         join(
             nb,
+            sim,
             vectors,
             active[lo:hi],
             picks[lo:hi],
             expand,
+            previous,
             best[lo:hi],
             best_sims[lo:hi],
             changed[lo:hi],

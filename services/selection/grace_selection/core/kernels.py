@@ -317,22 +317,40 @@ def _dots8(
     out[4], out[5], out[6], out[7] = a4, a5, a6, a7
 
 
+@_jit
+def _lists(nb: npt.NDArray[np.int32], row: int, width: int, item: int) -> bool:
+    """Whether nb[row, :width] holds item."""
+    t = 0
+    while t < width and nb[row, t] != item:
+        t += 1
+    return t < width
+
+
 @_jit_dot
 def join_rows_pass(
     nb: npt.NDArray[np.int32],
+    sim: npt.NDArray[np.float32],
     vectors: npt.NDArray[np.float32],
     rows: npt.NDArray[np.int64],
     picks: npt.NDArray[np.int64],
     expand: int,
+    previous: npt.NDArray[np.int32],
     out_nb: npt.NDArray[np.int32],
     out_sim: npt.NDArray[np.float32],
     changed: npt.NDArray[np.bool_],
 ) -> None:
     """Twin of one pass of `descent._join_pass_numpy`: each of `rows` rebuilt from its row,
-    the rows of its first `expand` neighbours and its random `picks`, every distinct
-    candidate scored once; reads `nb` only, writes out_nb / out_sim / changed (row p of each
-    belongs to rows[p])."""
+    the rows of its first `expand` neighbours and its random `picks`; reads nb / sim only,
+    writes out_nb / out_sim / changed (row p of each belongs to rows[p]).
+
+    Every distinct candidate is scored once. previous: (N, k) the graph the last pass read,
+    or (0, k) on a first pass. After a pass every row it rebuilt holds current similarities
+    and the best of all it compared, so a later pass takes a row's own entries as they are
+    and skips a neighbour's entry that neighbour already listed last pass, when it listed the
+    neighbour too: the last pass scored that pair (NN-descent's new / old flags). That skips
+    about half of a second pass's dot products and changes no row."""
     n, k = nb.shape
+    later = previous.shape[0] > 0
     seen = np.full(n, -1, dtype=np.int64)  # seen[c] == p: c is a candidate of rows[p]
     cand = np.empty(k + k * k + picks.shape[1], dtype=np.int64)
     sims8 = np.empty(8, dtype=np.float32)
@@ -342,29 +360,36 @@ def join_rows_pass(
         u = rows[p]
         seen[u] = p  # never its own neighbour
         m = 0
+        count = 0
         for t in range(k):
             c = nb[u, t]
             if c >= 0 and seen[c] != p:
                 seen[c] = p
-                cand[m] = c
-                m += 1
+                if later:
+                    count = _keep_best(best_ids, best_sims, count, c, sim[u, t])
+                else:
+                    cand[m] = c
+                    m += 1
         for t in range(min(expand, k)):
             c = nb[u, t]
             if c < 0:
                 continue
+            expanded_before = later and _lists(previous, u, min(expand, k), c)
             for t2 in range(k):
                 c2 = nb[c, t2]
-                if c2 >= 0 and seen[c2] != p:
-                    seen[c2] = p
-                    cand[m] = c2
-                    m += 1
+                if c2 < 0 or seen[c2] == p:
+                    continue
+                if expanded_before and _lists(previous, c, k, c2):
+                    continue
+                seen[c2] = p
+                cand[m] = c2
+                m += 1
         for t in range(picks.shape[1]):
             c = picks[p, t]
             if c >= 0 and seen[c] != p:
                 seen[c] = p
                 cand[m] = c
                 m += 1
-        count = 0
         for g in range(0, m, 8):
             _dots8(vectors, u, cand, g, m, sims8)
             for i in range(min(8, m - g)):
@@ -377,12 +402,7 @@ def join_rows_pass(
             else:
                 out_nb[p, t] = -1
                 out_sim[p, t] = 0.0
-            listed = False
-            for t2 in range(k):
-                if nb[u, t2] == out_nb[p, t]:
-                    listed = True
-                    break
-            differs = differs or not listed
+            differs = differs or not _lists(nb, u, k, out_nb[p, t])
         changed[p] = differs
 
 
