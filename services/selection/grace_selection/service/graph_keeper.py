@@ -17,8 +17,8 @@ in place (core.descent) and keep the index for what a local join cannot do:
 - a new sample is inserted into the index; it, and a sample that moved beyond tau and beyond
   its radius, are re-queried (the answers re-ranked by `vectors`: the index keeps the places
   samples had when they were inserted, since hnswlib updates a label ~8-16x slower than it
-  inserts one); when more than 6% of N need a query, a fresh build from the stored
-  embeddings is cheaper and more faithful.
+  inserts one); when more than 6% of N are new, or more than a quarter of N need a query,
+  a fresh build from the stored embeddings is cheaper or more faithful.
 
 The index and graph are snapshotted to `folder` after each round: `index-<seq>/` (the index's
 own snapshot) and `graph/` (graph, vectors and a meta naming the index folder), so a restart
@@ -51,6 +51,13 @@ _GRAPH_KIND = "grace-graph"
 # 6000 x 32, 25 s to update all, 1.6 s to build afresh), so past ~1/16 of N to upsert a fresh
 # build from the stored embeddings is cheaper than updating in place.
 _REBUILD_MOVED_SHARE = 0.06
+# A sample that moved far is only re-queried (no index write): a query costs about a third of
+# an insert (DESIGN: ~3k inserts/s, 5k-13k queries/s), so a re-query of any share of N is
+# cheaper than a rebuild. Past a quarter of N, though, the index (which keeps the places
+# samples were inserted at) no longer leads a search near the new ones: rebuild. The 6% that
+# counted re-queries too made the round benchmark's 1M later round rebuild (6.7% of N moved
+# beyond their radius, 100k: 4.5%) for a ~20-minute build.
+_REBUILD_QUERY_SHARE = 0.25
 # A re-query asks for this many more than k: the index ranks by the places samples had when
 # they were upserted, and the answers are re-ranked by their current vectors.
 _QUERY_SLACK = 2
@@ -175,7 +182,11 @@ class GraphKeeper:
         radius = np.where(last != NO_NEIGHBOR, 1.0 - graph.similarities[old_ids, -1], 0.0)
         far = (distances > drift_threshold) & (distances > radius)
         query_ids = np.union1d(old_ids[far], ids[new]).astype(np.int64)
-        if query_ids.size > _REBUILD_MOVED_SHARE * self.n:
+        inserts = int(np.count_nonzero(new))
+        if (
+            inserts > _REBUILD_MOVED_SHARE * self.n
+            or query_ids.size > _REBUILD_QUERY_SHARE * self.n
+        ):
             return None
         moved = np.zeros(self.n, dtype=np.bool_)
         moved[old_ids[distances > 0]] = True
@@ -198,7 +209,7 @@ class GraphKeeper:
         rows = rows[built.in_index[rows]]
         rng = np.random.default_rng(seq)  # same inputs, same graph
         built.graph = join_rows(graph, built.vectors, rows, built.in_index, rng)
-        upserted = int(np.count_nonzero(distances > drift_threshold) + np.count_nonzero(new))
+        upserted = int(np.count_nonzero(distances > drift_threshold)) + inserts
         return upserted, int(query_ids.size), int(rows.size)
 
     def empty_graph(self, k: int) -> KnnGraph:
