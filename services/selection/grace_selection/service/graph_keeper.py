@@ -67,6 +67,9 @@ _QUERY_SLACK = 2
 _JOIN_RADIUS_SHARE = 0.25
 # Rows normalised and inserted per step of a build (64k x 384 x 4 B = 96 MiB of scratch).
 _BUILD_BLOCK = 65536
+# Re-queried rows re-ranked per step: their answers' vectors, 8192 x 13 x 384 x 4 B = 156 MiB
+# (at 1M the benchmark re-queries ~69k rows: 1.3 GB gathered at once).
+_RERANK_BLOCK = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,7 @@ class GraphKeeper:
             raise ValueError(
                 f"threshold: must be a cosine distance in [0, 2], got {drift_threshold!r}"
             )
-        distances = measure_unit_drift(built.vectors[old_ids], unit[~new])  # (m,)
+        distances = _drift(built.vectors, old_ids, unit[~new])  # (m,)
         # Beyond the k-th neighbour's distance the old neighbourhood no longer holds the new
         # one, so a local join has nothing to start from; a row without edges has radius 0.
         last = graph.neighbors[old_ids, -1] if k else np.full(old_ids.size, NO_NEIGHBOR)
@@ -334,7 +337,11 @@ def _requery(built: _Built, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int
     found, _ = built.index.query(query, k + 1 + _QUERY_SLACK)  # (m, k + 1 + slack)
     real = found >= 0
     cand = np.where(real, found, 0)
-    sims = np.einsum("md,mcd->mc", query, built.vectors[cand].astype(np.float32))
+    sims = np.empty(cand.shape, dtype=np.float32)
+    for start in range(0, rows.size, _RERANK_BLOCK):  # (block, k + 1 + slack, dim) at a time
+        part = slice(start, start + _RERANK_BLOCK)
+        gathered = built.vectors[cand[part]].astype(np.float32, copy=False)
+        sims[part] = np.einsum("md,mcd->mc", query[part], gathered)
     sims = np.where(real & built.in_index[cand], sims, -np.inf).astype(np.float32)
     order = np.argsort(-sims, axis=1, kind="stable")
     neighbors, similarities = _drop_self(
@@ -346,6 +353,20 @@ def _requery(built: _Built, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int
         nb, sim, nb[rows].reshape(-1).astype(np.int64), np.repeat(rows, k), sim[rows].reshape(-1)
     )
     return KnnGraph(nb, sim)
+
+
+def _drift(
+    vectors: npt.NDArray[np.floating],
+    ids: npt.NDArray[np.int64],
+    unit: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """(m,) cosine distance of each ids[i]'s stored unit vector to unit[i], block by block
+    (the stored rows are gathered a block at a time, not all at once)."""
+    out = np.empty(ids.size, dtype=np.float32)
+    for start in range(0, ids.size, _BUILD_BLOCK):
+        part = slice(start, start + _BUILD_BLOCK)
+        out[part] = measure_unit_drift(vectors[ids[part]], unit[part])
+    return out
 
 
 def _unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
