@@ -179,10 +179,13 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
         if warm_up is not None:
             warm_up()  # numba compiles on first use: not part of any round
         reset_peak()
+        load, cpu = os.getloadavg()[0], time.process_time()
         start = time.perf_counter()
         peer = PEERS[keeper_name](arrays.embeddings, K)
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu
         results = [_peer_row(keeper_name, n, 0, seconds, peer.nb, arrays, sample, raw_mb)]
+        results[0]["parts"].update(cpu=round(cpu, 3), load=round(load, 2))
     else:
         timer = PartTimer()
         if keeper_name == "before":
@@ -206,18 +209,24 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
             arrays.apply(ScoreBatch(f"s{r}", "worker", r, 0, changed, None, fresh, b""), seq)
             if peer is not None:
                 reset_peak()
+                load, cpu = os.getloadavg()[0], time.process_time()
                 start = time.perf_counter()
                 nb = peer.update(changed, arrays.embeddings)
                 seconds = time.perf_counter() - start
-                results.append(_peer_row(keeper_name, n, r, seconds, nb, arrays, sample, raw_mb))
+                cpu = time.process_time() - cpu
+                row = _peer_row(keeper_name, n, r, seconds, nb, arrays, sample, raw_mb)
+                row["parts"].update(cpu=round(cpu, 3), load=round(load, 2))
+                results.append(row)
         if peer is None:
             reset_peak()
             timer.seconds.clear()
+            load, cpu = os.getloadavg()[0], time.process_time()
             start = time.perf_counter()
             outcome = step_round(arrays, keeper, config, previous, round_=r, seed=SEED)
             publish_start = time.perf_counter()
             _publish(store, r, outcome)
             seconds = time.perf_counter() - start
+            cpu = time.process_time() - cpu
             previous = outcome.result.importance
             update = outcome.update
             parts = {
@@ -227,6 +236,10 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
                 "graph_rebuilt": bool(update is not None and update.rebuilt),
                 "graph_requeried": 0 if update is None else update.requeried,
                 "graph_joined": getattr(update, "joined", 0),
+                # CPU seconds of the round (all threads) and the 1-minute load average when it
+                # began: the machine is shared, so wall time alone overstates a loaded run.
+                "cpu": cpu,
+                "load": load,
             }
             peak = peak_rss_mb()  # before the recall check's own scratch
             recall = recall_at_10(outcome.graph.neighbors, arrays.embeddings, sample)
@@ -339,9 +352,12 @@ def main() -> None:
         old = json.loads(args.json.read_text())
         summary = [r for r in old["rows"] if (r["keeper"], r["n"]) not in mine] + summary
         rows = [r for r in old["rounds"] if (r["keeper"], r["n"]) not in mine] + rows
-    command_line = "nice -n 15 python benchmarks/round.py " + " ".join(sys.argv[1:])
+    commands = [f"nice -n {os.nice(0)} python benchmarks/round.py " + " ".join(sys.argv[1:])]
+    if args.merge and args.json.exists():
+        old_commands = json.loads(args.json.read_text())["command"]
+        commands = ([old_commands] if isinstance(old_commands, str) else old_commands) + commands
     document = {
-        "command": command_line,
+        "command": commands,
         "machine": f"{os.cpu_count()} cores",
         "rows": summary,
         "rounds": rows,

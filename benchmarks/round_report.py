@@ -22,20 +22,23 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "",
         "`seconds`: the whole round for `product`, `product-f16` and `before` (graph upkeep,",
         "estimation, selection, planning, publishing), the graph upkeep alone for a peer.",
-        "`later`: medians over the later rounds; recall@10 is the lowest of them.",
+        "`later`: medians over the later rounds; recall@10 is the lowest of them. `CPU s`: the",
+        "CPU seconds of those (all threads; not stored before the 100k runs).",
         "",
-        "| keeper | n | round | seconds (median) | recall@10 (by round) | "
+        "| keeper | n | round | seconds (median) | CPU s | recall@10 (by round) | "
         + " | ".join(_PARTS)
         + " | peak RSS MB (x raw f32) |",
-        "|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|",
+        "|---|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|",
     ]
     for row in document["rows"]:
         parts = row["parts"]
         cells = [f"{parts[p]:.2f}" if p in parts else "-" for p in _PARTS]
         by_round = ", ".join(f"{r:.3f}" for r in row["recall_by_round"])
         ratio = row["peak_rss_mb"] / row["raw_vectors_mb"]
+        cpu = f"{parts['cpu']:.2f}" if "cpu" in parts else "-"
         lines.append(
             f"| {row['keeper']} | {row['n']} | {row['round']} | {row['seconds_median']:.2f} | "
+            f"{cpu} | "
             f"{row['recall_at_10']:.3f} ({by_round}) | "
             + " | ".join(cells)
             + f" | {row['peak_rss_mb']:.0f} ({ratio:.2f}x) |"

@@ -4,16 +4,24 @@ current vectors."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grace_selection.core.descent import join_rows, merge_edges, rescore_edges
+from grace_selection.core import acceleration, descent
+from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
-from grace_selection.core.repair import find_relink_rows
+from grace_selection.core.repair import find_relink_rows, measure_drift
 
 F32 = npt.NDArray[np.float32]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def unit(x: npt.NDArray[np.floating]) -> F32:
@@ -137,3 +145,122 @@ def test_merged_rows_hold_the_best_distinct_entries(n: int, k: int, offers: int,
         np.testing.assert_allclose(
             np.sort(sims[i, got]), np.sort(sims[i, want]), atol=1e-6, err_msg=f"row {i}"
         )
+
+
+# -- the compiled kernels (numba) against the numpy fallback ----------------------------------
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba (the `fast` extra) not installed")
+
+
+def run_with(mode: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """fn(*args, **kwargs) with GRACE_NUMBA=mode; restores the environment after."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(acceleration.ENV_VAR, mode)
+        return fn(*args, **kwargs)
+
+
+def assert_same_graph(a: KnnGraph, b: KnnGraph) -> None:
+    """The same rows; similarities equal up to float32 rounding (the kernels sum a dot product
+    in another order than BLAS)."""
+    np.testing.assert_array_equal(a.neighbors, b.neighbors)
+    np.testing.assert_allclose(a.similarities, b.similarities, atol=1e-5)
+
+
+def drifted_round(
+    seed: int, n: int, dim: int, k: int
+) -> tuple[KnnGraph, F32, npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """An exact graph of `vectors` before 30% of them moved: (graph, vectors now, moved mask,
+    rows to join)."""
+    rng = np.random.default_rng(seed)
+    vectors = clustered(n, dim, rng)
+    graph = exact(vectors, k)
+    moved_ids = rng.choice(n, size=n * 3 // 10, replace=False)
+    vectors[moved_ids] = unit(vectors[moved_ids] + 0.1 * rng.standard_normal((moved_ids.size, dim)))
+    moved = np.zeros(n, dtype=np.bool_)
+    moved[moved_ids] = True
+    return graph, vectors, moved, find_relink_rows(graph, moved_ids)
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_join_numba_and_numpy_build_the_same_graph(seed: int) -> None:
+    graph, vectors, moved, rows = drifted_round(seed, 600, 16, 8)
+    present = np.ones(graph.n, dtype=np.bool_)
+    present[::7] = False  # absent nodes: never picked, never listed
+    keep = present[graph.neighbors]
+    order = np.argsort(~keep, axis=1, kind="stable")  # padding last
+    graph = KnnGraph.from_arrays(
+        np.take_along_axis(np.where(keep, graph.neighbors, NO_NEIGHBOR), order, axis=1),
+        np.take_along_axis(np.where(keep, graph.similarities, 0.0), order, axis=1),
+    )
+    out = {}
+    for mode in ("1", "0"):
+        rescored = run_with(mode, rescore_edges, graph, vectors, moved)
+        assert_same_graph(rescored, run_with("0", rescore_edges, graph, vectors, moved))
+        for expand in (None, 3):
+            rng = np.random.default_rng(seed)
+            out[mode, expand] = run_with(
+                mode, join_rows, rescored, vectors, rows, present, rng, expand=expand
+            )
+            check_rows(out[mode, expand])
+    assert_same_graph(out["1", None], out["0", None])
+    assert_same_graph(out["1", 3], out["0", 3])
+
+
+@needs_numba
+def test_join_on_threads_builds_the_graph_of_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, vectors, moved, rows = drifted_round(3, 900, 12, 6)
+    present = np.ones(graph.n, dtype=np.bool_)
+    graphs = []
+    for threads, min_rows in ((1, 10**9), (3, 1)):
+        monkeypatch.setattr(descent, "_THREADS", threads)
+        monkeypatch.setattr(descent, "_THREAD_MIN_ROWS", min_rows)
+        rescored = run_with("1", rescore_edges, graph, vectors, moved)
+        rng = np.random.default_rng(0)
+        graphs.append(run_with("1", join_rows, rescored, vectors, rows, present, rng))
+    np.testing.assert_array_equal(graphs[0].neighbors, graphs[1].neighbors)
+    np.testing.assert_array_equal(graphs[0].similarities, graphs[1].similarities)
+
+
+@needs_numba
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 30),
+    k=st.integers(1, 6),
+    offers=st.integers(0, 80),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_merge_numba_and_numpy_keep_the_same_rows(n: int, k: int, offers: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = min(k, n - 1)
+    vectors = unit(rng.standard_normal((n, 4)))
+    sims = (vectors @ vectors.T).astype(np.float32)
+    start = exact(vectors, k)
+    nb = np.where(rng.random(start.neighbors.shape) < 0.4, NO_NEIGHBOR, start.neighbors)
+    order = np.argsort(np.where(nb >= 0, -start.similarities, np.inf), axis=1, kind="stable")
+    nb = np.take_along_axis(nb, order, axis=1).astype(np.int32)
+    sim = np.where(nb >= 0, np.take_along_axis(start.similarities, order, axis=1), 0.0)
+    dst = rng.integers(-1, n, offers).astype(np.int64)
+    src = rng.integers(-1, n, offers).astype(np.int64)
+    offered = np.where((dst >= 0) & (src >= 0), sims[dst, src], 0.0).astype(np.float32)
+    rows = {}
+    for mode in ("1", "0"):
+        neighbors, similarities = nb.copy(), sim.astype(np.float32)
+        run_with(mode, merge_edges, neighbors, similarities, dst, src, offered)
+        rows[mode] = KnnGraph(neighbors, similarities)
+    assert_same_graph(rows["1"], rows["0"])
+
+
+def test_unit_drift_is_the_repair_measure_for_unit_rows() -> None:
+    rng = np.random.default_rng(4)
+    old = unit(rng.standard_normal((300, 24)))
+    new = unit(old + 0.3 * rng.standard_normal((300, 24)) * (rng.random((300, 1)) < 0.5))
+    old[:3], new[1:4] = 0.0, 0.0  # zero rows: 0 and 0 -> 0, one zero -> 1
+    got = measure_unit_drift(old, new)
+    np.testing.assert_allclose(got, measure_drift(old, new), atol=1e-6)
+    assert (got[(old == new).all(axis=1)] == 0.0).all(), "an unchanged row never drifts"
+    for dtype in (np.float16, np.float32):
+        assert measure_unit_drift(old.astype(dtype), new).dtype == np.float32
+    with pytest.raises(ValueError, match="finite"):
+        measure_unit_drift(old, np.full_like(new, np.nan))

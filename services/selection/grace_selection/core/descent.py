@@ -18,15 +18,55 @@ Rows stay sorted best first; padding (-1) sits at the end with similarity 0.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.core.acceleration import kernels, numba_enabled
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 IdArray = npt.NDArray[np.int64]
+_T = TypeVar("_T")
 # Gathered candidate vectors per block: big enough for BLAS, small enough for the cache-ish
 # working set and to keep a 1M-row join's extra memory to tens of MB.
 _BLOCK_BYTES = 32 * 1024 * 1024
+# The compiled kernels release the GIL; a pass is split into this many slices of rows run on
+# threads (each row of a pass reads the graph as it was when the pass began, so the slices
+# are independent and the graph is the same for any count).
+_THREADS = max(1, min(8, os.cpu_count() or 1))
+# Below this many rows a pass runs on the calling thread alone.
+_THREAD_MIN_ROWS = 4096
+
+
+def measure_unit_drift(
+    old: npt.NDArray[np.floating], new: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float32]:
+    """Row-wise cosine distance 1 - old_i . new_i of unit (or zero) rows, (m,) float32 in [0, 2].
+
+    core.repair.measure_drift for rows already normalised, in float32 and block by block
+    (that one takes any rows, in float64: ~20x the time at 300k x 384). An unchanged row is
+    exactly 0, a zero row against a non-zero one 1, two zero rows 0. Raises ValueError on
+    non-finite rows.
+    """
+    if old.shape != new.shape or old.ndim != 2:
+        raise ValueError(f"new: must have the shape of old {old.shape}, got {new.shape}")
+    out = np.empty(old.shape[0], dtype=np.float32)
+    step = max(1, _BLOCK_BYTES // (8 * max(1, old.shape[1])))
+    for start in range(0, old.shape[0], step):
+        part = slice(start, start + step)
+        a = old[part].astype(np.float32, copy=False)
+        b = new[part].astype(np.float32, copy=False)
+        distance = 1.0 - np.einsum("ij,ij->i", a, b)
+        both_zero = ~a.any(axis=1) & ~b.any(axis=1)
+        distance[(a == b).all(axis=1) | both_zero] = 0.0
+        out[part] = np.clip(distance, 0.0, 2.0)
+    if not np.isfinite(out).all():
+        raise ValueError("embeddings hold NaN or inf; send finite embeddings")
+    return out
 
 
 def rescore_edges(
@@ -35,8 +75,24 @@ def rescore_edges(
     moved: npt.NDArray[np.bool_],
 ) -> KnnGraph:
     """Recompute the similarity of every edge that names a moved node (moved: (N,) mask) and
-    re-sort the rows that hold one. vectors: (N, d) current unit vectors (float32 or float16)."""
+    re-sort the rows that hold one. vectors: (N, d) current unit vectors (float32 or float16).
+    Compiled when numba is enabled and the vectors are float32, else numpy; the same graph."""
     nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    if _compiled(vectors):
+        moved = np.ascontiguousarray(moved, dtype=np.bool_)
+        rescore = kernels().rescore_edges
+        touched = _split(nb.shape[0], lambda lo, hi: rescore(nb, sim, vectors, moved, lo, hi))
+        return KnnGraph(nb, sim) if sum(touched) else graph
+    return _rescore_edges_numpy(graph, nb, sim, vectors, moved)
+
+
+def _rescore_edges_numpy(
+    graph: KnnGraph,
+    nb: npt.NDArray[np.int32],
+    sim: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.floating],
+    moved: npt.NDArray[np.bool_],
+) -> KnnGraph:
     lookup = np.append(moved, False)  # padding (-1) lands on the last slot, which is False
     touched = lookup[nb]  # (N, k)
     rows_with = np.flatnonzero(touched.any(axis=1))
@@ -62,6 +118,7 @@ def join_rows(
     *,
     random_candidates: int = 4,
     iterations: int = 2,
+    expand: int | None = None,
 ) -> KnnGraph:
     """Rebuild `rows` from their neighbours' neighbours, then offer their edges back.
 
@@ -75,26 +132,93 @@ def join_rows(
     pool = np.flatnonzero(present).astype(np.int64)
     if row_ids.size == 0 or graph.k == 0 or pool.size < 2:
         return graph
-    width = graph.k + graph.k * graph.k + random_candidates
-    step = max(1, _BLOCK_BYTES // (width * vectors.shape[1] * 4))
+    compiled = _compiled(vectors)
+    expand = graph.k if expand is None else min(expand, graph.k)
     active = row_ids
+    previous = np.empty((0, graph.k), dtype=np.int32)  # what the last pass read (none yet)
     for _ in range(iterations):
-        changed = np.zeros(active.size, dtype=np.bool_)
-        for start in range(0, active.size, step):
-            block = active[start : start + step]
-            cand = _candidates(nb, block, pool, rng, random_candidates)  # (B, width)
-            sims = _similarities(vectors, block, cand)
-            best, best_sims = _best_k(block, cand, sims, graph.k)
-            changed[start : start + step] = (np.sort(best, axis=1) != np.sort(nb[block])).any(1)
-            nb[block], sim[block] = best, best_sims
-        dst = nb[active].reshape(-1).astype(np.int64)
-        src = np.repeat(active, graph.k)
-        merge_edges(nb, sim, dst, src, sim[active].reshape(-1))
+        picks = pool[rng.integers(0, pool.size, size=(active.size, random_candidates))]
+        # Every row of a pass reads the graph as it was when the pass began (so the rows can
+        # be rebuilt in any order, or block by block, and give the same graph).
+        if compiled:
+            best, best_sims, changed = _join_pass_compiled(
+                nb, sim, vectors, active, picks, expand, previous
+            )
+            previous = nb.copy()
+        else:
+            best, best_sims, changed = _join_pass_numpy(nb, vectors, active, picks, expand)
+        nb[active], sim[active] = best, best_sims
+        merge_edges(
+            nb,
+            sim,
+            best.reshape(-1).astype(np.int64),
+            np.repeat(active, graph.k),
+            best_sims.reshape(-1),
+        )
         # NN-descent's rule: a row whose list did not change has nothing new to join next.
         active = active[changed]
         if active.size == 0:
             break
     return KnnGraph(nb, sim)
+
+
+def _join_pass_compiled(
+    nb: npt.NDArray[np.int32],
+    sim: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.floating],
+    active: IdArray,
+    picks: IdArray,
+    expand: int,
+    previous: npt.NDArray[np.int32],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """`_join_pass_numpy`'s twin: the kernel over slices of the rows, on threads."""
+    k = nb.shape[1]
+    best = np.empty((active.size, k), dtype=np.int32)
+    best_sims = np.empty((active.size, k), dtype=np.float32)
+    changed = np.empty(active.size, dtype=np.bool_)
+    join = kernels().join_rows_pass
+
+    def run(lo: int, hi: int) -> None:
+        join(
+            nb,
+            sim,
+            vectors,
+            active[lo:hi],
+            picks[lo:hi],
+            expand,
+            previous,
+            best[lo:hi],
+            best_sims[lo:hi],
+            changed[lo:hi],
+        )
+
+    _split(active.size, run)
+    return best, best_sims, changed
+
+
+def _join_pass_numpy(
+    nb: npt.NDArray[np.int32],
+    vectors: npt.NDArray[np.floating],
+    active: IdArray,
+    picks: IdArray,
+    expand: int,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """One pass of the join, block by block: (rows' new neighbours, their similarities, whether
+    each row's set changed). Reads `nb` only."""
+    k = nb.shape[1]
+    width = k + expand * k + picks.shape[1]
+    step = max(1, _BLOCK_BYTES // (width * vectors.shape[1] * 4))
+    best = np.empty((active.size, k), dtype=np.int32)
+    best_sims = np.empty((active.size, k), dtype=np.float32)
+    changed = np.zeros(active.size, dtype=np.bool_)
+    for start in range(0, active.size, step):
+        part = slice(start, start + step)
+        block = active[part]
+        cand = _candidates(nb, block, picks[part], expand)  # (B, width)
+        sims = _similarities(vectors, block, cand)
+        best[part], best_sims[part] = _best_k(block, cand, sims, k)
+        changed[part] = (np.sort(best[part], axis=1) != np.sort(nb[block], axis=1)).any(1)
+    return best, best_sims, changed
 
 
 def merge_edges(
@@ -105,7 +229,27 @@ def merge_edges(
     sims: npt.NDArray[np.float32],
 ) -> None:
     """In place: offer edge dst -> src (similarity sims) to row dst; each row keeps its k best
-    distinct entries, sorted. Any number of offers per row (unlike core.repair's one)."""
+    distinct entries, sorted. Any number of offers per row (unlike core.repair's one).
+    Compiled when numba is enabled, else numpy; the same rows."""
+    if numba_enabled():
+        kernels().merge_edges(
+            neighbors,
+            similarities,
+            dst.astype(np.int64, copy=False),
+            src.astype(np.int64, copy=False),
+            sims.astype(np.float32, copy=False),
+        )
+        return
+    _merge_edges_numpy(neighbors, similarities, dst, src, sims)
+
+
+def _merge_edges_numpy(
+    neighbors: npt.NDArray[np.int32],
+    similarities: npt.NDArray[np.float32],
+    dst: IdArray,
+    src: IdArray,
+    sims: npt.NDArray[np.float32],
+) -> None:
     k = neighbors.shape[1]
     real = (dst != NO_NEIGHBOR) & (src != NO_NEIGHBOR) & (dst != src)
     dst, src, sims = dst[real], src[real], sims[real].astype(np.float32)
@@ -140,18 +284,13 @@ def merge_edges(
     similarities[all_dst[top], rank[top]] = all_sim[top]
 
 
-def _candidates(
-    nb: npt.NDArray[np.int32],
-    block: IdArray,
-    pool: IdArray,
-    rng: np.random.Generator,
-    random_candidates: int,
-) -> IdArray:
-    """(B, k + k^2 + r): each row's neighbours, theirs (-1 where padding) and random picks."""
+def _candidates(nb: npt.NDArray[np.int32], block: IdArray, picks: IdArray, expand: int) -> IdArray:
+    """(B, k + expand k + r): each row's neighbours, the rows of its first `expand` ones (-1
+    where padding) and random picks."""
     own = nb[block].astype(np.int64)  # (B, k)
-    second = nb[np.where(own >= 0, own, 0)].astype(np.int64)  # (B, k, k)
-    second[own < 0] = NO_NEIGHBOR
-    picks = pool[rng.integers(0, pool.size, size=(block.size, random_candidates))]
+    first = own[:, :expand]  # (B, e)
+    second = nb[np.where(first >= 0, first, 0)].astype(np.int64)  # (B, e, k)
+    second[first < 0] = NO_NEIGHBOR
     return np.concatenate([own, second.reshape(block.size, -1), picks], axis=1)
 
 
@@ -187,6 +326,23 @@ def _best_k(
     out_ids[:, :take] = np.where(real, ids, NO_NEIGHBOR)
     out_sims[:, :take] = np.where(real, top, 0.0)
     return out_ids, out_sims
+
+
+def _split(count: int, run: Callable[[int, int], _T]) -> list[_T]:
+    """run(lo, hi) over contiguous slices of range(count), on threads when it is large; the
+    results in slice order."""
+    parts = _THREADS if count >= _THREAD_MIN_ROWS else 1
+    bounds = [count * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        return [run(0, count)]
+    with ThreadPoolExecutor(parts) as pool:
+        return list(pool.map(run, bounds[:-1], bounds[1:]))
+
+
+def _compiled(vectors: npt.NDArray[np.floating]) -> bool:
+    """The compiled kernels take C-ordered float32 vectors; float16 ones take the numpy path
+    (numba has no float16 arithmetic on the CPU)."""
+    return numba_enabled() and vectors.dtype == np.float32 and vectors.flags.c_contiguous
 
 
 def _sort_rows(nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32], rows: IdArray) -> None:

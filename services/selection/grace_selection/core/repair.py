@@ -33,6 +33,7 @@ _ROUNDING = 1e-9
 # A shared move shorter than this (unit vectors) is float noise, not drift: left alone, so that
 # rows re-posted unchanged (a fixed input-embedding graph) stay bit for bit what they were.
 _SHARED_DRIFT_FLOOR = 1e-6
+_BLOCK_ROWS = 65_536
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -96,14 +97,22 @@ def remove_shared_drift(
     vectors come back unchanged then, as they do when nothing moved in common.
     """
     out = np.asarray(unaligned, dtype=np.float32)
-    if old.shape[0] < min_rows:
+    rows = old.shape[0]
+    if rows < min_rows:
         return out
-    shared = (np.asarray(new, np.float64) - np.asarray(old, np.float64)).mean(axis=0)
+    # Block by block: at 1M x 384 a float64 copy of every moved row would be ~1 GB.
+    total = np.zeros(old.shape[1], dtype=np.float64)
+    for start in range(0, rows, _BLOCK_ROWS):
+        block = slice(start, start + _BLOCK_ROWS)
+        total += (np.asarray(new[block], np.float64) - np.asarray(old[block], np.float64)).sum(0)
+    shared = (total / rows).astype(np.float32)
     if float(np.linalg.norm(shared)) < _SHARED_DRIFT_FLOOR:
         return out
-    moved = out.astype(np.float64) - shared
-    norms = np.linalg.norm(moved, axis=1, keepdims=True)
-    aligned: npt.NDArray[np.float32] = (moved / np.maximum(norms, _TINY_NORM)).astype(np.float32)
+    aligned: npt.NDArray[np.float32] = np.array(out, dtype=np.float32, copy=True)
+    for start in range(0, aligned.shape[0], _BLOCK_ROWS):
+        block = aligned[start : start + _BLOCK_ROWS]
+        block -= shared
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), _TINY_NORM)
     return aligned
 
 

@@ -20,8 +20,8 @@ in place (core.descent) and keep the index for what a local join cannot do:
 - a new sample is inserted into the index; it, and a sample that moved beyond tau and beyond
   its radius, are re-queried (the answers re-ranked by `vectors`: the index keeps the places
   samples had when they were inserted, since hnswlib updates a label ~8-16x slower than it
-  inserts one); when more than 6% of N need a query, a fresh build from the stored
-  embeddings is cheaper and more faithful.
+  inserts one); when more than 6% of N are new, or more than a quarter of N need a query,
+  a fresh build from the stored embeddings is cheaper or more faithful.
 
 The index and graph are snapshotted to `folder` after each round: `index-<seq>/` (the index's
 own snapshot) and `graph/` (graph, vectors and a meta naming the index folder), so a restart
@@ -44,14 +44,9 @@ import numpy.typing as npt
 
 from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
-from grace_selection.core.descent import join_rows, merge_edges, rescore_edges
+from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
-from grace_selection.core.repair import (
-    find_relink_rows,
-    plan_repair,
-    remove_shared_drift,
-    replace_rows,
-)
+from grace_selection.core.repair import find_relink_rows, remove_shared_drift, replace_rows
 
 log = logging.getLogger(__name__)
 _GRAPH_KIND = "grace-graph"
@@ -59,6 +54,13 @@ _GRAPH_KIND = "grace-graph"
 # 6000 x 32, 25 s to update all, 1.6 s to build afresh), so past ~1/16 of N to upsert a fresh
 # build from the stored embeddings is cheaper than updating in place.
 _REBUILD_MOVED_SHARE = 0.06
+# A sample that moved far is only re-queried (no index write): a query costs about a third of
+# an insert (DESIGN: ~3k inserts/s, 5k-13k queries/s), so a re-query of any share of N is
+# cheaper than a rebuild. Past a quarter of N, though, the index (which keeps the places
+# samples were inserted at) no longer leads a search near the new ones: rebuild. The 6% that
+# counted re-queries too made the round benchmark's 1M later round rebuild (6.7% of N moved
+# beyond their radius, 100k: 4.5%) for a ~20-minute build.
+_REBUILD_QUERY_SHARE = 0.25
 # A re-query asks for this many more than k: the index ranks by the places samples had when
 # they were upserted, and the answers are re-ranked by their current vectors.
 _QUERY_SLACK = 2
@@ -68,6 +70,9 @@ _QUERY_SLACK = 2
 _JOIN_RADIUS_SHARE = 0.25
 # Rows normalised and inserted per step of a build (64k x 384 x 4 B = 96 MiB of scratch).
 _BUILD_BLOCK = 65536
+# Re-queried rows re-ranked per step: their answers' vectors, 8192 x 13 x 384 x 4 B = 156 MiB
+# (at 1M the benchmark re-queries ~69k rows: 1.3 GB gathered at once).
+_RERANK_BLOCK = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,19 +189,25 @@ class GraphKeeper:
         graph = built.graph
         new = ~built.in_index[ids]
         old_ids = ids[~new]
-        repair = plan_repair(
-            graph, old_ids, built.vectors[old_ids].astype(np.float32), unit[~new], drift_threshold
-        )
+        if not np.isfinite(drift_threshold) or not 0.0 <= drift_threshold <= 2.0:
+            raise ValueError(
+                f"threshold: must be a cosine distance in [0, 2], got {drift_threshold!r}"
+            )
+        distances = _drift(built.vectors, old_ids, unit[~new])  # (m,)
         # Beyond the k-th neighbour's distance the old neighbourhood no longer holds the new
         # one, so a local join has nothing to start from; a row without edges has radius 0.
         last = graph.neighbors[old_ids, -1] if k else np.full(old_ids.size, NO_NEIGHBOR)
         radius = np.where(last != NO_NEIGHBOR, 1.0 - graph.similarities[old_ids, -1], 0.0)
-        far = (repair.distances > drift_threshold) & (repair.distances > radius)
+        far = (distances > drift_threshold) & (distances > radius)
         query_ids = np.union1d(old_ids[far], ids[new]).astype(np.int64)
-        if query_ids.size > _REBUILD_MOVED_SHARE * self.n:
+        inserts = int(np.count_nonzero(new))
+        if (
+            inserts > _REBUILD_MOVED_SHARE * self.n
+            or query_ids.size > _REBUILD_QUERY_SHARE * self.n
+        ):
             return None
         moved = np.zeros(self.n, dtype=np.bool_)
-        moved[old_ids[repair.distances > 0]] = True
+        moved[old_ids[distances > 0]] = True
         moved[ids[new]] = True
         built.vectors[ids] = unit
         built.in_index[ids] = True
@@ -210,13 +221,13 @@ class GraphKeeper:
         # The rows around every node that moved beyond tau, or beyond a quarter of its own
         # radius (then its neighbours' order has changed whatever tau says, and a join costs
         # little): its own row and those that list it.
-        joined = repair.distances > np.minimum(drift_threshold, _JOIN_RADIUS_SHARE * radius)
+        joined = distances > np.minimum(drift_threshold, _JOIN_RADIUS_SHARE * radius)
         drifted = np.union1d(old_ids[joined], query_ids).astype(np.int64)
         rows = find_relink_rows(graph, drifted)
         rows = rows[built.in_index[rows]]
         rng = np.random.default_rng(seq)  # same inputs, same graph
         built.graph = join_rows(graph, built.vectors, rows, built.in_index, rng)
-        upserted = repair.drifted.size + int(np.count_nonzero(new))
+        upserted = int(np.count_nonzero(distances > drift_threshold)) + inserts
         return upserted, int(query_ids.size), int(rows.size)
 
     def empty_graph(self, k: int) -> KnnGraph:
@@ -341,7 +352,11 @@ def _requery(built: _Built, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int
     found, _ = built.index.query(query, k + 1 + _QUERY_SLACK)  # (m, k + 1 + slack)
     real = found >= 0
     cand = np.where(real, found, 0)
-    sims = np.einsum("md,mcd->mc", query, built.vectors[cand].astype(np.float32))
+    sims = np.empty(cand.shape, dtype=np.float32)
+    for start in range(0, rows.size, _RERANK_BLOCK):  # (block, k + 1 + slack, dim) at a time
+        part = slice(start, start + _RERANK_BLOCK)
+        gathered = built.vectors[cand[part]].astype(np.float32, copy=False)
+        sims[part] = np.einsum("md,mcd->mc", query[part], gathered)
     sims = np.where(real & built.in_index[cand], sims, -np.inf).astype(np.float32)
     order = np.argsort(-sims, axis=1, kind="stable")
     neighbors, similarities = _drop_self(
@@ -353,6 +368,20 @@ def _requery(built: _Built, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int
         nb, sim, nb[rows].reshape(-1).astype(np.int64), np.repeat(rows, k), sim[rows].reshape(-1)
     )
     return KnnGraph(nb, sim)
+
+
+def _drift(
+    vectors: npt.NDArray[np.floating],
+    ids: npt.NDArray[np.int64],
+    unit: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """(m,) cosine distance of each ids[i]'s stored unit vector to unit[i], block by block
+    (the stored rows are gathered a block at a time, not all at once)."""
+    out = np.empty(ids.size, dtype=np.float32)
+    for start in range(0, ids.size, _BUILD_BLOCK):
+        part = slice(start, start + _BUILD_BLOCK)
+        out[part] = measure_unit_drift(vectors[ids[part]], unit[part])
+    return out
 
 
 def _unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
