@@ -217,7 +217,7 @@ def test_coverage_weights_numba_and_numpy_agree(graph: KnnGraph, seed: int, coar
 
     rng = np.random.default_rng(seed)
     if coarse:  # equal similarities everywhere: ties must go to the lower pick id in both
-        graph = KnnGraph(graph.neighbors, np.round(graph.similarities * 2) / 2)
+        graph = KnnGraph(graph.neighbors, (np.round(graph.similarities * 2) / 2).astype(np.float32))
     size = max(1, int(rng.random() * graph.n))
     picks = rng.choice(graph.n, size=size, replace=False).astype(np.int64)
     fast = run_with("1", compute_coverage_weights, graph, picks)

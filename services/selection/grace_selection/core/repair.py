@@ -103,8 +103,10 @@ def remove_shared_drift(
     # Block by block: at 1M x 384 a float64 copy of every moved row would be ~1 GB.
     total = np.zeros(old.shape[1], dtype=np.float64)
     for start in range(0, rows, _BLOCK_ROWS):
-        block = slice(start, start + _BLOCK_ROWS)
-        total += (np.asarray(new[block], np.float64) - np.asarray(old[block], np.float64)).sum(0)
+        rows_in = slice(start, start + _BLOCK_ROWS)
+        total += (np.asarray(new[rows_in], np.float64) - np.asarray(old[rows_in], np.float64)).sum(
+            0
+        )
     shared = (total / rows).astype(np.float32)
     if float(np.linalg.norm(shared)) < _SHARED_DRIFT_FLOOR:
         return out
