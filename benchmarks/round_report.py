@@ -25,10 +25,10 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "`later`: medians over the later rounds; recall@10 is the lowest of them. `CPU s`: the",
         "CPU seconds of those (all threads; not stored before the 100k runs).",
         "",
-        "| keeper | n | round | seconds (median) | CPU s | recall@10 (by round) | "
+        "| keeper | n | drift | round | seconds (median) | CPU s | recall@10 (by round) | "
         + " | ".join(_PARTS)
         + " | peak RSS MB (x raw f32) |",
-        "|---|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|",
+        "|---|---|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|",
     ]
     for row in document["rows"]:
         parts = row["parts"]
@@ -37,7 +37,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         ratio = row["peak_rss_mb"] / row["raw_vectors_mb"]
         cpu = f"{parts['cpu']:.2f}" if "cpu" in parts else "-"
         lines.append(
-            f"| {row['keeper']} | {row['n']} | {row['round']} | {row['seconds_median']:.2f} | "
+            f"| {row['keeper']} | {row['n']} | {row.get('drift', 'modelled')} | {row['round']} | "
+            f"{row['seconds_median']:.2f} | "
             f"{cpu} | "
             f"{row['recall_at_10']:.3f} ({by_round}) | "
             + " | ".join(cells)
