@@ -208,10 +208,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Machine: {machine['cpus']} CPUs shared with other work, Python {machine['python']}, "
         f"numpy {machine['numpy']}, numba {machine['numba']}; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in machine['load_average_at_end'])}. The benchmark runs "
-        "at `nice -n 15`: with the load above the CPU count, its wall time is mostly waiting for "
-        "a CPU, so CPU seconds are the figures to compare (and to hold against the goals on a "
-        "quiet machine).",
+        f"{', '.join(f'{x:.1f}' for x in machine['load_average_at_end'])} (of the last run). "
+        "Where the load was above the CPU count a run's wall time is mostly waiting for a CPU; "
+        "CPU seconds are then the figures to compare (the load each command ran at is noted beside "
+        "it, where known).",
         "",
         "`compute_round` on a later round (round 3: estimation, selection with CRAIG weights, the "
         "rescore plan) of the synthetic clustered k-NN graph (k = 10), 10% budget, defaults. "
