@@ -22,6 +22,7 @@ from types import ModuleType
 
 ENV_VAR = "GRACE_NUMBA"
 _KERNELS = "grace_selection.core.kernels"
+_JOIN_KERNELS = "grace_selection.core.join_kernels"
 
 
 def numba_enabled() -> bool:
@@ -42,3 +43,8 @@ def numba_enabled() -> bool:
 def kernels() -> ModuleType:
     """The compiled kernels module (imports numba on first use)."""
     return importlib.import_module(_KERNELS)
+
+
+def join_kernels() -> ModuleType:
+    """The compiled graph-upkeep kernels of `core.descent` (imports numba on first use)."""
+    return importlib.import_module(_JOIN_KERNELS)

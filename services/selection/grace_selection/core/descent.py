@@ -26,7 +26,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.acceleration import kernels, numba_enabled
+from grace_selection.core.acceleration import join_kernels, numba_enabled
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 IdArray = npt.NDArray[np.int64]
@@ -80,7 +80,7 @@ def rescore_edges(
     nb, sim = graph.neighbors.copy(), graph.similarities.copy()
     if _compiled(vectors):
         moved = np.ascontiguousarray(moved, dtype=np.bool_)
-        rescore = kernels().rescore_edges
+        rescore = join_kernels().rescore_edges
         touched = _split(nb.shape[0], lambda lo, hi: rescore(nb, sim, vectors, moved, lo, hi))
         return KnnGraph(nb, sim) if sum(touched) else graph
     return _rescore_edges_numpy(graph, nb, sim, vectors, moved)
@@ -176,7 +176,7 @@ def _join_pass_compiled(
     best = np.empty((active.size, k), dtype=np.int32)
     best_sims = np.empty((active.size, k), dtype=np.float32)
     changed = np.empty(active.size, dtype=np.bool_)
-    join = kernels().join_rows_pass
+    join = join_kernels().join_rows_pass
 
     def run(lo: int, hi: int) -> None:
         join(
@@ -232,7 +232,7 @@ def merge_edges(
     distinct entries, sorted. Any number of offers per row (unlike core.repair's one).
     Compiled when numba is enabled, else numpy; the same rows."""
     if numba_enabled():
-        kernels().merge_edges(
+        join_kernels().merge_edges(
             neighbors,
             similarities,
             dst.astype(np.int64, copy=False),

@@ -23,7 +23,7 @@ import numpy.typing as npt
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _jit(fn: _F) -> _F:
+def compiled(fn: _F) -> _F:
     # cache=True: the machine code is written next to this file (or to NUMBA_CACHE_DIR, or a
     # user cache folder), so the JIT is paid once per install, not once per process. nogil: the
     # service runs rounds in a worker thread; the event loop keeps serving while a kernel runs.
@@ -35,12 +35,12 @@ def _jit(fn: _F) -> _F:
         return cast(_F, numba.njit(nogil=True)(fn))
 
 
-@_jit
+@compiled
 def _before(key_a: float, id_a: int, key_b: float, id_b: int) -> bool:
     return key_a < key_b or (key_a == key_b and id_a < id_b)
 
 
-@_jit
+@compiled
 def _sift_down(
     keys: npt.NDArray[np.float64], ids: npt.NDArray[np.int64], pos: int, size: int
 ) -> None:
@@ -59,14 +59,14 @@ def _sift_down(
     keys[pos], ids[pos] = key, item
 
 
-@_jit
+@compiled
 def _heapify(keys: npt.NDArray[np.float64], ids: npt.NDArray[np.int64]) -> None:
     size = keys.shape[0]
     for pos in range(size // 2 - 1, -1, -1):
         _sift_down(keys, ids, pos, size)
 
 
-@_jit
+@compiled
 def pick_with_down_weighting(
     neighbors: npt.NDArray[np.int32],
     push_weights: npt.NDArray[np.float64],
@@ -104,7 +104,7 @@ def pick_with_down_weighting(
     return picks
 
 
-@_jit
+@compiled
 def _row_gain(
     indptr: npt.NDArray[np.int64],
     cols: npt.NDArray[np.int32],
@@ -122,7 +122,7 @@ def _row_gain(
     return gain
 
 
-@_jit
+@compiled
 def lazy_greedy_facility_location(
     indptr: npt.NDArray[np.int64],
     cols: npt.NDArray[np.int32],
@@ -163,7 +163,7 @@ def lazy_greedy_facility_location(
     return picks
 
 
-@_jit
+@compiled
 def build_sparse_similarity(
     nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]:
@@ -228,7 +228,7 @@ def build_sparse_similarity(
     return indptr, cols, vals
 
 
-@_jit
+@compiled
 def coverage_owner(
     nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32], picks: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]:
@@ -266,252 +266,3 @@ def coverage_owner(
     for p in picks:
         owner[p] = p
     return owner
-
-
-# -- local joins (core.descent) --------------------------------------------------------------
-#
-# These gather rows of the (N, d) unit vectors and take dot products: the dot is summed with
-# reassociation allowed (so LLVM vectorises it), which rounds differently from numpy's BLAS
-# and einsum in the last bits. The twins therefore agree on the graph, and on its similarities
-# up to float32 rounding, not bit for bit; a pick differs only where two candidates' cosines
-# tie to within that rounding.
-
-
-def _jit_dot(fn: _F) -> _F:
-    flags = {"reassoc", "contract"}  # no 'nnan'/'ninf': the kernels compare against -inf
-    try:
-        return cast(_F, numba.njit(cache=True, nogil=True, fastmath=flags)(fn))
-    except RuntimeError:
-        return cast(_F, numba.njit(nogil=True, fastmath=flags)(fn))
-
-
-@_jit_dot
-def _dot(vectors: npt.NDArray[np.float32], a: int, b: int) -> np.float32:
-    acc = np.float32(0.0)
-    for j in range(vectors.shape[1]):
-        acc += vectors[a, j] * vectors[b, j]
-    return acc
-
-
-@_jit
-def _ranks_before(sim_a: float, id_a: int, sim_b: float, id_b: int) -> bool:
-    # Best first: the higher similarity, then the lower id.
-    return sim_a > sim_b or (sim_a == sim_b and id_a < id_b)
-
-
-@_jit
-def _keep_best(
-    ids: npt.NDArray[np.int64],
-    sims: npt.NDArray[np.float32],
-    count: int,
-    candidate: int,
-    sim: float,
-) -> int:
-    """Offer (candidate, sim) to the sorted top list ids[:count] of capacity ids.size; returns
-    the new count. The caller guarantees the candidate is not in the list yet."""
-    size = ids.shape[0]
-    if count == size:
-        if not _ranks_before(sim, candidate, sims[size - 1], ids[size - 1]):
-            return count
-        pos = size - 1
-    else:
-        pos = count
-        count += 1
-    while pos > 0 and _ranks_before(sim, candidate, sims[pos - 1], ids[pos - 1]):
-        ids[pos], sims[pos] = ids[pos - 1], sims[pos - 1]
-        pos -= 1
-    ids[pos], sims[pos] = candidate, sim
-    return count
-
-
-@_jit_dot
-def _dots8(
-    vectors: npt.NDArray[np.float32],
-    u: int,
-    cand: npt.NDArray[np.int64],
-    start: int,
-    count: int,
-    out: npt.NDArray[np.float32],
-) -> None:
-    """out[:8] = cosines of u with cand[start:start + 8] (u itself past `count`). Eight rows
-    read side by side: a gathered row is a cache miss, and eight of them overlap (measured
-    here: 74 ns a dot against 158 ns one at a time, 1M x 384)."""
-    ids = np.empty(8, dtype=np.int64)
-    for i in range(8):
-        ids[i] = cand[start + i] if start + i < count else u
-    q = vectors[u]
-    r0, r1, r2, r3 = vectors[ids[0]], vectors[ids[1]], vectors[ids[2]], vectors[ids[3]]
-    r4, r5, r6, r7 = vectors[ids[4]], vectors[ids[5]], vectors[ids[6]], vectors[ids[7]]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-    for j in range(q.shape[0]):
-        x = q[j]
-        a0 += x * r0[j]
-        a1 += x * r1[j]
-        a2 += x * r2[j]
-        a3 += x * r3[j]
-        a4 += x * r4[j]
-        a5 += x * r5[j]
-        a6 += x * r6[j]
-        a7 += x * r7[j]
-    out[0], out[1], out[2], out[3] = a0, a1, a2, a3
-    out[4], out[5], out[6], out[7] = a4, a5, a6, a7
-
-
-@_jit
-def _lists(nb: npt.NDArray[np.int32], row: int, width: int, item: int) -> bool:
-    """Whether nb[row, :width] holds item."""
-    t = 0
-    while t < width and nb[row, t] != item:
-        t += 1
-    return t < width
-
-
-@_jit_dot
-def join_rows_pass(
-    nb: npt.NDArray[np.int32],
-    sim: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
-    rows: npt.NDArray[np.int64],
-    picks: npt.NDArray[np.int64],
-    expand: int,
-    previous: npt.NDArray[np.int32],
-    out_nb: npt.NDArray[np.int32],
-    out_sim: npt.NDArray[np.float32],
-    changed: npt.NDArray[np.bool_],
-) -> None:
-    """Twin of one pass of `descent._join_pass_numpy`: each of `rows` rebuilt from its row,
-    the rows of its first `expand` neighbours and its random `picks`; reads nb / sim only,
-    writes out_nb / out_sim / changed (row p of each belongs to rows[p]).
-
-    Every distinct candidate is scored once. previous: (N, k) the graph the last pass read,
-    or (0, k) on a first pass. After a pass every row it rebuilt holds current similarities
-    and the best of all it compared, so a later pass takes a row's own entries as they are
-    and skips a neighbour's entry that neighbour already listed last pass, when it listed the
-    neighbour too: the last pass scored that pair (NN-descent's new / old flags). That skips
-    about half of a second pass's dot products and changes no row."""
-    n, k = nb.shape
-    later = previous.shape[0] > 0
-    seen = np.full(n, -1, dtype=np.int64)  # seen[c] == p: c is a candidate of rows[p]
-    cand = np.empty(k + k * k + picks.shape[1], dtype=np.int64)
-    sims8 = np.empty(8, dtype=np.float32)
-    best_ids = np.empty(k, dtype=np.int64)
-    best_sims = np.empty(k, dtype=np.float32)
-    for p in range(rows.shape[0]):
-        u = rows[p]
-        seen[u] = p  # never its own neighbour
-        m = 0
-        count = 0
-        for t in range(k):
-            c = nb[u, t]
-            if c >= 0 and seen[c] != p:
-                seen[c] = p
-                if later:
-                    count = _keep_best(best_ids, best_sims, count, c, sim[u, t])
-                else:
-                    cand[m] = c
-                    m += 1
-        for t in range(min(expand, k)):
-            c = nb[u, t]
-            if c < 0:
-                continue
-            expanded_before = later and _lists(previous, u, min(expand, k), c)
-            for t2 in range(k):
-                c2 = nb[c, t2]
-                if c2 < 0 or seen[c2] == p:
-                    continue
-                if expanded_before and _lists(previous, c, k, c2):
-                    continue
-                seen[c2] = p
-                cand[m] = c2
-                m += 1
-        for t in range(picks.shape[1]):
-            c = picks[p, t]
-            if c >= 0 and seen[c] != p:
-                seen[c] = p
-                cand[m] = c
-                m += 1
-        for g in range(0, m, 8):
-            _dots8(vectors, u, cand, g, m, sims8)
-            for i in range(min(8, m - g)):
-                count = _keep_best(best_ids, best_sims, count, cand[g + i], sims8[i])
-        differs = False
-        for t in range(k):
-            if t < count:
-                out_nb[p, t] = best_ids[t]
-                out_sim[p, t] = best_sims[t]
-            else:
-                out_nb[p, t] = -1
-                out_sim[p, t] = 0.0
-            differs = differs or not _lists(nb, u, k, out_nb[p, t])
-        changed[p] = differs
-
-
-@_jit
-def merge_edges(
-    nb: npt.NDArray[np.int32],
-    sim: npt.NDArray[np.float32],
-    dst: npt.NDArray[np.int64],
-    src: npt.NDArray[np.int64],
-    sims: npt.NDArray[np.float32],
-) -> None:
-    """Twin of `descent._merge_edges_numpy`, in place: each offer dst -> src enters row dst
-    when it beats the row's weakest entry (padding: always) and src is not listed there."""
-    k = nb.shape[1]
-    if k == 0:
-        return
-    for e in range(dst.shape[0]):
-        v, u, s = dst[e], src[e], sims[e]
-        if v < 0 or u < 0 or v == u:
-            continue
-        if nb[v, k - 1] >= 0 and not s > sim[v, k - 1]:
-            continue
-        listed = False
-        for t in range(k):
-            if nb[v, t] == u:
-                listed = True
-                break
-        if listed:
-            continue
-        pos = k - 1
-        while pos > 0 and (
-            nb[v, pos - 1] < 0 or _ranks_before(s, u, sim[v, pos - 1], nb[v, pos - 1])
-        ):
-            nb[v, pos], sim[v, pos] = nb[v, pos - 1], sim[v, pos - 1]
-            pos -= 1
-        nb[v, pos], sim[v, pos] = u, s
-
-
-@_jit_dot
-def rescore_edges(
-    nb: npt.NDArray[np.int32],
-    sim: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
-    moved: npt.NDArray[np.bool_],
-    lo: int,
-    hi: int,
-) -> int:
-    """Twin of `descent._rescore_edges_numpy` over rows lo..hi-1, in place: every edge naming
-    a moved node gets its cosine recomputed, and those rows are re-sorted (stable: best first,
-    padding last). Returns how many rows held such an edge."""
-    k = nb.shape[1]
-    touched = 0
-    for i in range(lo, hi):
-        hit = False
-        for t in range(k):
-            j = nb[i, t]
-            if j >= 0 and moved[j]:
-                sim[i, t] = _dot(vectors, i, j)
-                hit = True
-        if not hit:
-            continue
-        touched += 1
-        for t in range(1, k):  # insertion sort, stable
-            j, s = nb[i, t], sim[i, t]
-            if j < 0:
-                continue
-            pos = t
-            while pos > 0 and (nb[i, pos - 1] < 0 or sim[i, pos - 1] < s):
-                nb[i, pos], sim[i, pos] = nb[i, pos - 1], sim[i, pos - 1]
-                pos -= 1
-            nb[i, pos], sim[i, pos] = j, s
-    return touched
