@@ -247,6 +247,8 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
                 "graph_rebuilt": bool(update is not None and update.rebuilt),
                 "graph_requeried": 0 if update is None else update.requeried,
                 "graph_joined": getattr(update, "joined", 0),
+                # The keeper's own sampled recall check (None on a build, or before it existed).
+                "graph_recall_sampled": getattr(update, "recall", None),
                 # CPU seconds of the round (all threads) and the 1-minute load average when it
                 # began: the machine is shared, so wall time alone overstates a loaded run.
                 "cpu": cpu,
@@ -317,6 +319,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             parts = {
                 part: round(statistics.median(float(row["parts"][part]) for row in group), 3)
                 for part in group[0]["parts"]
+                if all(row["parts"].get(part) is not None for row in group)
             }
             out.append(
                 {

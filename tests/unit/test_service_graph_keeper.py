@@ -13,7 +13,8 @@ import pytest
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.api.app import make_index_factory
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.core.graph import KnnGraph
+from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory, sampled_recall
 
 N, DIM, K = 300, 12, 5
 
@@ -183,3 +184,45 @@ def test_a_move_every_fresh_row_shares_does_not_cut_them_off_from_stale_rows(
         ]
     )
     assert overlap > 0.7
+
+
+def test_sampled_recall_is_one_on_the_exact_graph_and_falls_with_damage() -> None:
+    vectors = data(11)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    present = np.ones(N, dtype=np.bool_)
+    index = BruteForceIndex(DIM)
+    index.upsert(np.arange(N, dtype=np.int64), unit.astype(np.float32))
+    exact = index.knn_graph(K)
+    assert sampled_recall(exact, unit, present, seed=0) == 1.0
+    damaged = exact.neighbors.copy()
+    damaged[:, K // 2 :] = np.random.default_rng(0).integers(0, N, (N, K - K // 2))
+    recall = sampled_recall(KnnGraph(damaged, exact.similarities), unit, present, seed=0)
+    assert recall is not None
+    assert 0.3 < recall < 0.8
+    # float16 rows (GRACE_GRAPH_VECTORS=float16) give the same answer on this graph.
+    half = sampled_recall(exact, unit.astype(np.float16), present, seed=0)
+    assert half is not None
+    assert half > 0.95
+    assert sampled_recall(exact, unit, np.zeros(N, dtype=np.bool_), seed=0) is None
+
+
+@pytest.mark.parametrize("floor", [0.0, 1.0])
+def test_a_refresh_below_the_recall_floor_is_rebuilt(tmp_path: Path, floor: float) -> None:
+    factory = IndexFactory("brute", brute, BruteForceIndex.load, recall_floor=floor)
+    vectors = data(12)
+    keeper = GraphKeeper(N, DIM, factory, tmp_path)
+    ids = np.arange(N, dtype=np.int64)
+    keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+    rng = np.random.default_rng(13)
+    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
+    new = vectors.copy()
+    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    update = keeper.update(moved, new[moved], 2, K, 0.1, lambda: (ids, new, 2))
+    assert update.recall is not None
+    if floor == 0.0:  # reported, never acted on
+        assert not update.rebuilt
+    else:  # nothing short of exact passes a floor of 1: rebuilt, and exact again
+        assert update.rebuilt or update.recall == 1.0
+        if update.rebuilt:  # exact over the keeper's own (drift-aligned) vectors
+            _, kept = keeper.held_vectors(ids)
+            np.testing.assert_array_equal(update.graph.neighbors, exact_graph(kept))

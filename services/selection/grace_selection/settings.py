@@ -51,6 +51,13 @@ class ServiceSettings(BaseSettings):
         description="how the graph keeper stores each sample's unit vector (float16 halves it; "
         "cosines move by ~1e-3)",
     )
+    graph_recall_floor: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="after each incremental graph refresh the keeper checks recall@k on 64 "
+        "random rows against exact search; below this floor it rebuilds the graph (0: never)",
+    )
     max_job_bytes: int | None = Field(
         None,
         gt=0,

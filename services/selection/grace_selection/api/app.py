@@ -48,11 +48,16 @@ def open_store(settings: ServiceSettings) -> ScoreStore:
 
 
 def make_index_factory(
-    kind: str, *, vector_dtype: str = "float32", device: str = "cuda"
+    kind: str,
+    *,
+    vector_dtype: str = "float32",
+    device: str = "cuda",
+    recall_floor: float = 0.8,
 ) -> IndexFactory:
     """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact; torch and
     faiss: exact on GRACE_INDEX_DEVICE, checked here so that a missing GPU fails at start), and
-    how the graph keeper stores its vectors (GRACE_GRAPH_VECTORS)."""
+    how the graph keeper stores its vectors (GRACE_GRAPH_VECTORS) and the recall below which it
+    rebuilds (GRACE_GRAPH_RECALL_FLOOR)."""
     if kind in ("torch", "faiss"):
         from grace_selection.adapters.device_index import DeviceExactIndex, import_backend
 
@@ -65,20 +70,20 @@ def make_index_factory(
         def load_exact(path: Path) -> NeighborIndex:
             return DeviceExactIndex.load(path, backend, device)
 
-        return IndexFactory(kind, create_exact, load_exact, vector_dtype)
+        return IndexFactory(kind, create_exact, load_exact, vector_dtype, recall_floor)
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
 
         def create_brute(dim: int) -> NeighborIndex:
             return BruteForceIndex(dim)
 
-        return IndexFactory("brute", create_brute, BruteForceIndex.load, vector_dtype)
+        return IndexFactory("brute", create_brute, BruteForceIndex.load, vector_dtype, recall_floor)
     from grace_selection.adapters.hnsw_index import HnswNeighborIndex
 
     def create_hnsw(dim: int) -> NeighborIndex:
         return HnswNeighborIndex(dim)
 
-    return IndexFactory("hnsw", create_hnsw, HnswNeighborIndex.load, vector_dtype)
+    return IndexFactory("hnsw", create_hnsw, HnswNeighborIndex.load, vector_dtype, recall_floor)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -93,7 +98,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         service = SelectionService(
             store,
             make_index_factory(
-                settings.index, vector_dtype=settings.graph_vectors, device=settings.index_device
+                settings.index,
+                vector_dtype=settings.graph_vectors,
+                device=settings.index_device,
+                recall_floor=settings.graph_recall_floor,
             ),
             Path(settings.data_dir),
             events=metrics,

@@ -48,6 +48,16 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
         lock=job.lock,
     )
     result, inputs = outcome.result, outcome.inputs
+    update = outcome.update
+    if update is not None and update.recall is not None:
+        log.info(
+            "graph job=%s round=%d recall@%d=%.3f (sampled)%s",
+            job.job_id,
+            r,
+            config.k,
+            update.recall,
+            ", below the floor: rebuilt" if update.rebuilt else "",
+        )
     coreset = result.coreset
     previous = job.rounds.data(r - 1, store).indices if r > 0 else None
     manifest = pending.model_copy(
