@@ -14,7 +14,8 @@ from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.api.app import make_index_factory
 from grace_selection.core.graph import KnnGraph
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory, sampled_recall
+from grace_selection.core.recall import sampled_recall
+from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 
 N, DIM, K = 300, 12, 5
 

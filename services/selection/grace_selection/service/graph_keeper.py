@@ -46,6 +46,7 @@ from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
 from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
+from grace_selection.core.recall import sampled_recall
 from grace_selection.core.repair import find_relink_rows, remove_shared_drift, replace_rows
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,6 @@ _BUILD_BLOCK = 65536
 # Re-queried rows re-ranked per step: their answers' vectors, 8192 x 13 x 384 x 4 B = 156 MiB
 # (at 1M the benchmark re-queries ~69k rows: 1.3 GB gathered at once).
 _RERANK_BLOCK = 8192
-# Rows sampled for the recall check after a refresh: 64 x k = 640 neighbour slots put the
-# estimate within about +-0.02 of the graph's recall; at 1M x 384 the exact search over them
-# is ~25 GFLOP: 0.5-0.8 s here (about 0.05 s at 100k).
-_RECALL_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,41 +408,6 @@ def _drift(
         part = slice(start, start + _BUILD_BLOCK)
         out[part] = measure_unit_drift(vectors[ids[part]], unit[part])
     return out
-
-
-def sampled_recall(
-    graph: KnnGraph,
-    vectors: npt.NDArray[np.floating],
-    present: npt.NDArray[np.bool_],
-    seed: int,
-    rows: int = _RECALL_ROWS,
-) -> float | None:
-    """recall@k of `graph` on `rows` random rows that have embeddings, against exact search
-    over `vectors` (N, d) unit rows: the share of each row's true k nearest it lists. None
-    when there are too few rows to tell. Blocked over N, so that float16 vectors never need
-    a float32 copy of the whole matrix."""
-    ids = np.flatnonzero(present)
-    k = graph.k
-    if k == 0 or ids.size <= 2 * k:
-        return None
-    sample = np.sort(np.random.default_rng([seed, 0x5EC]).choice(ids, min(rows, ids.size), False))
-    queries = vectors[sample].astype(np.float32)
-    best_ids = np.full((sample.size, k), -1, dtype=np.int64)
-    best_sims = np.full((sample.size, k), -np.inf, dtype=np.float32)
-    dense = ids.size == vectors.shape[0]  # every row embedded: slices, no gathered copies
-    for lo in range(0, ids.size, _BUILD_BLOCK):
-        cols = ids[lo : lo + _BUILD_BLOCK]
-        block = vectors[lo : lo + cols.size] if dense else vectors[cols]
-        sims = queries @ block.astype(np.float32, copy=False).T  # (rows, block)
-        sims[sample[:, None] == cols[None, :]] = -np.inf  # never a row's own neighbour
-        pool_ids = np.concatenate([best_ids, np.broadcast_to(cols, sims.shape)], axis=1)
-        pool_sims = np.concatenate([best_sims, sims], axis=1)
-        top = np.argpartition(-pool_sims, k - 1, axis=1)[:, :k]
-        best_ids = np.take_along_axis(pool_ids, top, axis=1)
-        best_sims = np.take_along_axis(pool_sims, top, axis=1)
-    listed = graph.neighbors[sample]
-    hits = sum(np.intersect1d(best_ids[i], listed[i]).size for i in range(sample.size))
-    return float(hits) / float(k * sample.size)
 
 
 def _unit(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
