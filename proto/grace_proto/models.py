@@ -169,6 +169,11 @@ class RoundManifest(_Model):
         None, description="share of samples whose importance was estimated from neighbours"
     )
     churn: float | None = Field(None, description="share of this coreset not in the previous one")
+    graph_recall: float | None = Field(
+        None,
+        description="recall@k of the incrementally refreshed k-NN graph on a sample of rows "
+        "against exact search (none when the graph was built, or unchanged)",
+    )
     timings: RoundTimings = RoundTimings()
     error: str | None = None
 

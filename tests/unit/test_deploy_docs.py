@@ -33,6 +33,7 @@ def service_metric_families() -> dict[str, tuple[str, ...]]:
         estimated_share=0.7,
         seconds={"total": 1.0},
         strata=(StratumGauge(0, "a", 0.5, 0.5),),
+        graph_recall=0.9,
     )
     metrics = ServiceMetrics(job_count=lambda: 0, gauges=lambda: ([one_job], 0))
     families: dict[str, tuple[str, ...]] = {}

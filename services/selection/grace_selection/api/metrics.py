@@ -7,6 +7,7 @@ grace_rounds_total{outcome}, grace_selection_seconds, grace_graph_seconds, grace
 grace_jobs_failed, grace_http_request_seconds{method,route,status}; and per job, from its newest
 published round: grace_job_round, grace_job_coreset_size, grace_job_churn,
 grace_job_fresh_share, grace_job_estimated_share, grace_job_round_seconds{phase},
+grace_job_graph_recall,
 grace_job_stratum_coreset_share{stratum,name}, grace_job_stratum_data_share{stratum,name}.
 """
 
@@ -123,6 +124,9 @@ class JobCollector:
             "grace_job_estimated_share", "Share of samples whose importance was estimated"
         )
         seconds = family("grace_job_round_seconds", "The newest round's seconds", "phase")
+        recall = family(
+            "grace_job_graph_recall", "Sampled recall@k of the newest round's refreshed graph"
+        )
         in_coreset = family(
             "grace_job_stratum_coreset_share",
             "Share of the coreset in a stratum",
@@ -140,13 +144,15 @@ class JobCollector:
                 churn.add_metric([job.job_id], job.churn)
             if job.estimated_share is not None:
                 estimated.add_metric([job.job_id], job.estimated_share)
+            if job.graph_recall is not None:
+                recall.add_metric([job.job_id], job.graph_recall)
             for phase, value in job.seconds.items():
                 seconds.add_metric([job.job_id, phase], value)
             for s in job.strata:
                 labels = [job.job_id, str(s.stratum), s.name]
                 in_coreset.add_metric(labels, s.coreset_share)
                 in_data.add_metric(labels, s.data_share)
-        yield from (round_, size, churn, fresh, estimated, seconds, in_coreset, in_data)
+        yield from (round_, size, churn, fresh, estimated, seconds, recall, in_coreset, in_data)
 
 
 class RequestTimer:

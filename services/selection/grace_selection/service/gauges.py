@@ -36,6 +36,7 @@ class JobGauges:
     estimated_share: float | None
     seconds: dict[str, float]
     strata: tuple[StratumGauge, ...]
+    graph_recall: float | None = None
 
 
 def describe_gauges(job: Job) -> JobGauges | None:
@@ -58,6 +59,7 @@ def describe_gauges(job: Job) -> JobGauges | None:
             "total": timings.total_seconds,
         },
         strata=_strata(job, latest),
+        graph_recall=manifest.graph_recall,
     )
 
 

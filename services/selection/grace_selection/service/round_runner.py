@@ -49,15 +49,6 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
     )
     result, inputs = outcome.result, outcome.inputs
     update = outcome.update
-    if update is not None and update.recall is not None:
-        log.info(
-            "graph job=%s round=%d recall@%d=%.3f (sampled)%s",
-            job.job_id,
-            r,
-            config.k,
-            update.recall,
-            ", below the floor: rebuilt" if update.rebuilt else "",
-        )
     coreset = result.coreset
     previous = job.rounds.data(r - 1, store).indices if r > 0 else None
     manifest = pending.model_copy(
@@ -72,6 +63,7 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
             "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
             "estimated_fraction": float(np.count_nonzero(result.estimated)) / max(job.spec.n, 1),
             "churn": measure_churn(previous, coreset.indices),
+            "graph_recall": None if update is None else update.recall,
             "timings": RoundTimings(
                 graph_seconds=outcome.graph_seconds,
                 # compute_round estimates, selects and plans in one call: its time is here.
@@ -161,4 +153,5 @@ def describe(manifest: RoundManifest) -> str:
         f"rescore_next={manifest.rescore_count} fresh={manifest.rescored_fraction:.3f} "
         f"churn={churn} graph={t.graph_seconds:.3f}s select={t.select_seconds:.3f}s "
         f"total={t.total_seconds:.3f}s"
+        + ("" if manifest.graph_recall is None else f" graph_recall={manifest.graph_recall:.3f}")
     )
