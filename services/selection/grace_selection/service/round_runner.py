@@ -63,7 +63,9 @@ def run_round(job: Job, store: ScoreStore, pending: RoundManifest) -> RoundManif
             "rescored_fraction": float(np.count_nonzero(inputs.fresh)) / max(job.spec.n, 1),
             "estimated_fraction": float(np.count_nonzero(result.estimated)) / max(job.spec.n, 1),
             "churn": measure_churn(previous, coreset.indices),
-            "graph_recall": None if update is None else update.recall,
+            # The published graph's: a refresh's sampled recall; none after a (re)build, which
+            # is as good as the index makes it (the keeper logs what triggered a rebuild).
+            "graph_recall": None if update is None or update.rebuilt else update.recall,
             "timings": RoundTimings(
                 graph_seconds=outcome.graph_seconds,
                 # compute_round estimates, selects and plans in one call: its time is here.
