@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from grace_lab.finetune_setup import Study
 from grace_lab.propagation_fidelity import run_measured
+from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.repair import measure_drift, remove_shared_drift
 from grace_selection.service.graph_keeper import GraphKeeper
@@ -44,8 +45,7 @@ def drift_row(
     held, old = keeper.held_vectors(ids)
     if graph is None or not held.any():
         return None
-    norms = np.linalg.norm(vectors[held], axis=1, keepdims=True)
-    new = (vectors[held] / np.maximum(norms, 1e-12)).astype(np.float32)
+    new = normalize_rows(np.asarray(vectors[held], dtype=np.float32))
     raw = measure_drift(old, new)
     aligned = measure_drift(old, remove_shared_drift(old, new, new))
     radius = 1.0 - graph.similarities[ids[held], -1]

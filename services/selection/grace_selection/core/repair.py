@@ -96,17 +96,32 @@ def remove_shared_drift(
     Fewer than `min_rows` rows are too few to tell a shared move from the rows' own; the
     vectors come back unchanged then, as they do when nothing moved in common.
     """
+    rows = np.arange(old.shape[0], dtype=np.int64)
+    return realign(old, rows, new, rows, unaligned, min_rows=min_rows)
+
+
+def realign(
+    stored: npt.NDArray[np.floating],
+    stored_ids: npt.NDArray[np.int64],
+    fresh: npt.NDArray[np.floating],
+    fresh_rows: npt.NDArray[np.int64],
+    unaligned: npt.NDArray[np.floating],
+    *,
+    min_rows: int = 8,
+) -> npt.NDArray[np.float32]:
+    """`remove_shared_drift` with the pairs named, not gathered: old row i is
+    stored[stored_ids[i]], new row i is fresh[fresh_rows[i]]. The rows are read a block at a
+    time, so that a keeper holding (N, d) vectors never copies all m re-embedded rows (at 1M x
+    384 and rho 0.3, 460 MB each for the old and the new)."""
     out = np.asarray(unaligned, dtype=np.float32)
-    rows = old.shape[0]
+    rows = stored_ids.shape[0]
     if rows < min_rows:
         return out
-    # Block by block: at 1M x 384 a float64 copy of every moved row would be ~1 GB.
-    total = np.zeros(old.shape[1], dtype=np.float64)
+    total = np.zeros(stored.shape[1], dtype=np.float64)
     for start in range(0, rows, _BLOCK_ROWS):
-        rows_in = slice(start, start + _BLOCK_ROWS)
-        total += (np.asarray(new[rows_in], np.float64) - np.asarray(old[rows_in], np.float64)).sum(
-            0
-        )
+        pair = slice(start, start + _BLOCK_ROWS)
+        new = np.asarray(fresh[fresh_rows[pair]], np.float64)
+        total += (new - np.asarray(stored[stored_ids[pair]], np.float64)).sum(0)
     shared = (total / rows).astype(np.float32)
     if float(np.linalg.norm(shared)) < _SHARED_DRIFT_FLOOR:
         return out

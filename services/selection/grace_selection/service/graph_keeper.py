@@ -9,7 +9,7 @@ in place (core.descent) and keep the index for what a local join cannot do:
 - `vectors` holds the current unit vector of every sample in the graph: the one copy the
   refresh reads, and the anchor that drift is measured against (float32, or float16 to halve
   it: cosines move by ~1e-3, far below any useful tau);
-- a round's fresh vectors first lose the move they share (`core.repair.remove_shared_drift`:
+- a round's fresh vectors first lose the move they share (`core.repair.realign`:
   training shifts every hidden state alike, and without this fresh rows would link only to
   fresh rows), so that rows embedded by different models stay in one frame;
 - every re-embedded sample's vector is replaced and the edges that name it re-scored, so no
@@ -47,7 +47,7 @@ from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
 from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.recall import sampled_recall
-from grace_selection.core.repair import find_relink_rows, remove_shared_drift, replace_rows
+from grace_selection.core.repair import find_relink_rows, realign, replace_rows
 
 log = logging.getLogger(__name__)
 _GRAPH_KIND = "grace-graph"
@@ -163,8 +163,9 @@ class GraphKeeper:
         unit = _unit(vectors)
         built = self._built
         if built is not None:
-            held = built.in_index[ids]  # re-embedded, not new: their old vectors are here
-            unit = remove_shared_drift(built.vectors[ids[held]], unit[held], unit)
+            # The re-embedded (not new) rows: their old vectors are the keeper's.
+            held = np.flatnonzero(built.in_index[ids]).astype(np.int64)
+            unit = realign(built.vectors, ids[held], unit, held, unit)
         if built is not None and built.graph.k == k:
             done = self._refresh(built, ids, unit, k, drift_threshold, seq)
             if done is not None:
@@ -184,7 +185,7 @@ class GraphKeeper:
                     recall,
                     self.factory.recall_floor,
                 )
-                # The keeper's own vectors: they hold the frame remove_shared_drift kept.
+                # The keeper's own vectors: they hold the frame the drift correction kept.
                 embedded = np.flatnonzero(built.in_index).astype(np.int64)
                 # All embedded (the usual case): read the keeper's rows in place, no copy.
                 source = built.vectors if embedded.size == self.n else built.vectors[embedded]
