@@ -46,6 +46,21 @@ def test_a_proxy_scorer_makes_the_round_zero_pass_at_its_own_cost(data: Finetune
         grace.close()
 
 
+def test_a_proxy_scorers_later_passes_are_charged_to_the_proxy(data: FinetuneData) -> None:
+    main, proxy = _model(0), _model(1, n_embd=8)
+    config = SelectionConfig(budget_fraction=0.25, k=5, rescore_fraction=0.5)
+    recipe = GraceRecipe(config, signals="workers", scorer="proxy")
+    grace = FinetuneGrace("grace", data, recipe, seed=0, proxy=proxy)
+    meter = ComputeMeter(budget=1e12)
+    try:
+        grace.begin(main, meter)
+        grace.next_round(0, main, meter)
+        assert grace.next_round(1, main, meter).scored_samples > 0
+        assert set(meter.by_model) == {"proxy"}
+    finally:
+        grace.close()
+
+
 def test_a_proxy_scorer_without_a_proxy_is_refused(data: FinetuneData) -> None:
     recipe = GraceRecipe(SelectionConfig(), scorer="proxy")
     with pytest.raises(ValueError, match="proxy"):

@@ -25,6 +25,7 @@ from grace_lab.inprocess import ScoredSamples, score_samples
 from grace_lab.lm_training import make_optimizer
 from grace_lab.local_job import LocalJob
 from grace_lab.paper_methods import SelectorStatic
+from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.scores import ScoreTable
 from grace_selection.core.selectors import select_coreset
@@ -261,7 +262,9 @@ class FinetuneGrace:
         if wants and not can_afford(scorer, self.data, self.plan, meter):
             wants, skipped = False, True  # the plan's pass would overrun the budget: estimate
         if wants:
-            scored = charged_scores(scorer, self.data, self.plan, meter, self.seed)
+            scored = charged_scores(
+                scorer, self.data, self.plan, meter, self.seed, self.recipe.scorer
+            )
             # An input-embedding graph stays in its own space: re-scored samples keep their
             # vectors (the service path's workers post input-embedding means every round).
             self.job.apply_worker_scores(
@@ -352,10 +355,7 @@ def input_embeddings(model: TinyGPT, data: FinetuneData, ids: I64, seed: int) ->
 
 
 def _centred(unit: F32) -> F32:
-    centred = unit - unit.mean(axis=0, keepdims=True)
-    norms = np.linalg.norm(centred, axis=1, keepdims=True)
-    out: F32 = (centred / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
+    return normalize_rows((unit - unit.mean(axis=0, keepdims=True)).astype(np.float32))
 
 
 def with_config(recipe: GraceRecipe, **changes: Any) -> GraceRecipe:
