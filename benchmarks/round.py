@@ -86,11 +86,8 @@ def make_vectors(n: int, rng: np.random.Generator) -> F32:
 # out the move all re-embedded rows share: cosine distance median ~0.017, p90 ~0.04 (s^2 / 2
 # with s lognormal around 0.184, sigma 0.336). The shared move itself is left out here: exact
 # search over the raw stored vectors, the recall check's reference, would not take it out.
-DRIFT = {"mode": "modelled"}
-
-
-def drift(old: F32, rng: np.random.Generator) -> F32:
-    if DRIFT["mode"] == "finetune":
+def drift(old: F32, rng: np.random.Generator, mode: str) -> F32:
+    if mode == "finetune":
         scale = (0.184 * np.exp(0.336 * rng.standard_normal((old.shape[0], 1)))).astype(np.float32)
     else:
         scale = rng.uniform(0.2, 0.6, size=(old.shape[0], 1)).astype(np.float32)
@@ -168,7 +165,7 @@ class PartTimer:
         return timed
 
 
-def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
+def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict[str, Any]]:
     rng = np.random.default_rng(SEED)
     arrays = JobArrays(n, DIM)
     ids = np.arange(n, dtype=np.int64)
@@ -212,7 +209,7 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
     for r in range(rounds + 1):
         if r > 0:
             changed = np.sort(rng.choice(n, size=int(RHO * n), replace=False))
-            new = drift(arrays.embeddings[changed], rng)
+            new = drift(arrays.embeddings[changed], rng, drift_mode)
             fresh = rng.gamma(2.0, size=changed.size).astype(np.float32)
             seq += 1
             arrays.apply(EmbeddingBatch(f"e{r}", r, changed, new, b""), seq)
@@ -259,7 +256,7 @@ def run_one(keeper_name: str, n: int, rounds: int) -> list[dict[str, Any]]:
             results.append(_row(keeper_name, n, r, seconds, recall, parts, raw_mb, peak))
         log(f"{keeper_name} n={n} round {r}: {results[-1]}")
     folder.cleanup()
-    return results
+    return [{**row, "drift": drift_mode} for row in results]
 
 
 def _publish(store: LocalScoreStore, r: int, outcome: Any) -> None:
@@ -298,7 +295,6 @@ def _row(
     return {
         "keeper": name,
         "n": n,
-        "drift": DRIFT["mode"],
         "round": r,
         "seconds": round(seconds, 3),
         "recall_at_10": round(recall, 4),
@@ -360,10 +356,9 @@ def main() -> None:
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    DRIFT["mode"] = args.drift
     if args.one:
         keeper_name, n = args.one.split(":")
-        print(json.dumps(run_one(keeper_name, int(n), args.rounds)))
+        print(json.dumps(run_one(keeper_name, int(n), args.rounds, args.drift)))
         return
     rows: list[dict[str, Any]] = []
     for n in (int(size) for size in args.sizes.split(",")):
