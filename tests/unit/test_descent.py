@@ -24,6 +24,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def needs_numba_mark() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        importlib.util.find_spec("numba") is None,
+        reason="numba (the `fast` extra) not installed",
+    )
+
+
 def unit(x: npt.NDArray[np.floating]) -> F32:
     out: F32 = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     return out
@@ -80,6 +87,19 @@ def test_joins_keep_recall_across_drifting_rounds() -> None:
     rows_ix = np.nonzero(real)[0]
     expected = np.einsum("ij,ij->i", vectors[rows_ix], vectors[graph.neighbors[real]])
     np.testing.assert_allclose(graph.similarities[real], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["0", pytest.param("1", marks=needs_numba_mark())])
+def test_rescoring_leaves_no_stale_similarity(mode: str) -> None:
+    """A moved row's edges to unmoved neighbours are stale too, not only the edges that name
+    a moved neighbour: once rescored, every stored similarity is the current cosine."""
+    graph, vectors, moved, _ = drifted_round(4, 500, 12, 8)
+    rescored = run_with(mode, rescore_edges, graph, vectors, moved)
+    check_rows(rescored)
+    real = rescored.neighbors != NO_NEIGHBOR
+    rows_ix = np.nonzero(real)[0]
+    expected = np.einsum("ij,ij->i", vectors[rows_ix], vectors[rescored.neighbors[real]])
+    np.testing.assert_allclose(rescored.similarities[real], expected, atol=1e-5)
 
 
 def test_join_rebuilds_scrambled_rows_from_their_neighbourhood() -> None:
@@ -150,7 +170,7 @@ def test_merged_rows_hold_the_best_distinct_entries(n: int, k: int, offers: int,
 # -- the compiled kernels (numba) against the numpy fallback ----------------------------------
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
-needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba (the `fast` extra) not installed")
+needs_numba = needs_numba_mark()
 
 
 def run_with(mode: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -199,13 +219,25 @@ def test_join_numba_and_numpy_build_the_same_graph(seed: int) -> None:
         rescored = run_with(mode, rescore_edges, graph, vectors, moved)
         assert_same_graph(rescored, run_with("0", rescore_edges, graph, vectors, moved))
         for expand in (None, 3):
-            rng = np.random.default_rng(seed)
-            out[mode, expand] = run_with(
-                mode, join_rows, rescored, vectors, rows, present, rng, expand=expand
-            )
-            check_rows(out[mode, expand])
-    assert_same_graph(out["1", None], out["0", None])
-    assert_same_graph(out["1", 3], out["0", 3])
+            for current in (False, True):  # own entries scored again, or taken as stored
+                rng = np.random.default_rng(seed)
+                out[mode, expand, current] = run_with(
+                    mode,
+                    join_rows,
+                    rescored,
+                    vectors,
+                    rows,
+                    present,
+                    rng,
+                    expand=expand,
+                    current=current,
+                )
+                check_rows(out[mode, expand, current])
+    for expand in (None, 3):
+        for current in (False, True):
+            assert_same_graph(out["1", expand, current], out["0", expand, current])
+        # Rescored similarities are the current cosines: taking them changes no row.
+        assert_same_graph(out["0", expand, True], out["0", expand, False])
 
 
 @needs_numba

@@ -3,6 +3,7 @@ and snapshots that a restart loads (or rejects when damaged)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,43 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
     assert not (tmp_path / "idx").exists()
 
 
+def test_rows_list_twice_k_and_the_graph_publishes_the_first_k(tmp_path: Path) -> None:
+    vectors = data(10)
+    keeper = keeper_with(vectors, tmp_path)
+    keeper.save(round_=0)
+    lists = np.load(tmp_path / "graph" / "neighbors.npy")
+    assert lists.shape == (N, 2 * K)
+    assert keeper.graph is not None
+    assert keeper.graph.k == K
+    np.testing.assert_array_equal(keeper.graph.neighbors, lists[:, :K])
+    index = BruteForceIndex(DIM)
+    index.upsert(np.arange(N, dtype=np.int64), vectors)
+    np.testing.assert_array_equal(lists, index.knn_graph(2 * K).neighbors)
+
+
+def test_a_snapshot_of_k_wide_lists_loads_and_is_rebuilt_once(tmp_path: Path) -> None:
+    """Snapshots made before the lists were 2k wide hold k columns and no "k" in their meta:
+    they still serve the dashboard, and the next update rebuilds them."""
+    vectors = data(11)
+    keeper = keeper_with(vectors, tmp_path)
+    keeper.save(round_=0)
+    folder = tmp_path / "graph"
+    for name in ("neighbors.npy", "similarities.npy"):
+        np.save(folder / name, np.load(folder / name)[:, :K])
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["k"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    loaded = GraphKeeper(N, DIM, FACTORY, tmp_path)
+    assert loaded.load()
+    assert loaded.graph is not None
+    np.testing.assert_array_equal(loaded.graph.neighbors, exact_graph(vectors))
+    ids = np.arange(N, dtype=np.int64)
+    moved = np.array([5], dtype=np.int64)
+    update = loaded.update(moved, vectors[moved], 2, K, 0.1, lambda: (ids, vectors, 2))
+    assert update.rebuilt
+    np.testing.assert_array_equal(update.graph.neighbors, exact_graph(vectors))
+
+
 def test_refresh_keeps_recall_across_drifting_rounds(tmp_path: Path) -> None:
     """Rounds of rho = 0.3 re-embedding at tau = 0: small moves are joined, far ones
     re-queried; the graph stays close to the exact one over the current embeddings, without
@@ -227,3 +265,30 @@ def test_a_refresh_below_the_recall_floor_is_rebuilt(tmp_path: Path, floor: floa
         if update.rebuilt:  # exact over the keeper's own (drift-aligned) vectors
             _, kept = keeper.held_vectors(ids)
             np.testing.assert_array_equal(update.graph.neighbors, exact_graph(kept))
+
+
+def test_a_refresh_below_the_recall_target_joins_every_row_instead_of_rebuilding(
+    tmp_path: Path,
+) -> None:
+    vectors = data(14)
+    ids = np.arange(N, dtype=np.int64)
+    rng = np.random.default_rng(15)
+    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
+    new = vectors.copy()
+    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    updates = {}
+    for target in (0.0, 1.0):
+        factory = IndexFactory(
+            "brute", brute, BruteForceIndex.load, recall_floor=0.0, recall_target=target
+        )
+        keeper = GraphKeeper(N, DIM, factory, tmp_path / str(target))
+        keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+        updates[target] = keeper.update(moved, new[moved], 2, K, 0.1, lambda: (ids, new, 2))
+    assert updates[0.0].recall is not None
+    assert updates[0.0].recall < 1.0  # the case the target acts on
+    assert updates[0.0].joined < N
+    joined_all = updates[1.0]
+    assert not joined_all.rebuilt
+    assert joined_all.joined == N
+    assert joined_all.recall is not None
+    assert joined_all.recall >= updates[0.0].recall

@@ -72,7 +72,8 @@ def finetune_drift(study: Study, seed: int, rho: float, budget: float) -> list[d
     update = keeper.update
     round_ = [0]
 
-    def measured_update(ids: Any, vectors: Any, *args: Any) -> Any:
+    def measured_update(ids: Any, rows_source: Any, *args: Any) -> Any:
+        vectors = rows_source[0 : len(ids)]  # the round's rows, read as the keeper reads them
         row = drift_row(keeper, ids, vectors, config.drift_threshold)
         if row is not None:
             rows.append({"task": "finetune", "seed": seed, "rho": rho, "round": round_[0], **row})

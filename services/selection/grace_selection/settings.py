@@ -58,6 +58,13 @@ class ServiceSettings(BaseSettings):
         description="after each incremental graph refresh the keeper checks recall@k on 64 "
         "random rows against exact search; below this floor it rebuilds the graph (0: never)",
     )
+    graph_recall_target: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="below this sampled recall@k (and above the floor) a refresh joins every "
+        "row once more instead of rebuilding (0: never)",
+    )
     max_job_bytes: int | None = Field(
         None,
         gt=0,

@@ -53,11 +53,12 @@ def make_index_factory(
     vector_dtype: str = "float32",
     device: str = "cuda",
     recall_floor: float = 0.8,
+    recall_target: float = 0.9,
 ) -> IndexFactory:
     """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact; torch and
     faiss: exact on GRACE_INDEX_DEVICE, checked here so that a missing GPU fails at start), and
     how the graph keeper stores its vectors (GRACE_GRAPH_VECTORS) and the recall below which it
-    rebuilds (GRACE_GRAPH_RECALL_FLOOR)."""
+    rebuilds (GRACE_GRAPH_RECALL_FLOOR), or joins every row again (GRACE_GRAPH_RECALL_TARGET)."""
     if kind in ("torch", "faiss"):
         from grace_selection.adapters.device_index import DeviceExactIndex, import_backend
 
@@ -70,20 +71,26 @@ def make_index_factory(
         def load_exact(path: Path) -> NeighborIndex:
             return DeviceExactIndex.load(path, backend, device)
 
-        return IndexFactory(kind, create_exact, load_exact, vector_dtype, recall_floor)
+        return IndexFactory(
+            kind, create_exact, load_exact, vector_dtype, recall_floor, recall_target
+        )
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
 
         def create_brute(dim: int) -> NeighborIndex:
             return BruteForceIndex(dim)
 
-        return IndexFactory("brute", create_brute, BruteForceIndex.load, vector_dtype, recall_floor)
+        return IndexFactory(
+            "brute", create_brute, BruteForceIndex.load, vector_dtype, recall_floor, recall_target
+        )
     from grace_selection.adapters.hnsw_index import HnswNeighborIndex
 
     def create_hnsw(dim: int) -> NeighborIndex:
         return HnswNeighborIndex(dim)
 
-    return IndexFactory("hnsw", create_hnsw, HnswNeighborIndex.load, vector_dtype, recall_floor)
+    return IndexFactory(
+        "hnsw", create_hnsw, HnswNeighborIndex.load, vector_dtype, recall_floor, recall_target
+    )
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -102,6 +109,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 vector_dtype=settings.graph_vectors,
                 device=settings.index_device,
                 recall_floor=settings.graph_recall_floor,
+                recall_target=settings.graph_recall_target,
             ),
             Path(settings.data_dir),
             events=metrics,

@@ -74,7 +74,7 @@ def rescore_edges(
     vectors: npt.NDArray[np.floating],
     moved: npt.NDArray[np.bool_],
 ) -> KnnGraph:
-    """Recompute the similarity of every edge that names a moved node (moved: (N,) mask) and
+    """Recompute the similarity of every edge from or to a moved node (moved: (N,) mask) and
     re-sort the rows that hold one. vectors: (N, d) current unit vectors (float32 or float16).
     Compiled when numba is enabled and the vectors are float32, else numpy; the same graph."""
     nb, sim = graph.neighbors.copy(), graph.similarities.copy()
@@ -94,7 +94,8 @@ def _rescore_edges_numpy(
     moved: npt.NDArray[np.bool_],
 ) -> KnnGraph:
     lookup = np.append(moved, False)  # padding (-1) lands on the last slot, which is False
-    touched = lookup[nb]  # (N, k)
+    # A moved row's own edges too: its similarities to unmoved neighbours are as stale.
+    touched = (lookup[nb] | moved[:, None]) & (nb != NO_NEIGHBOR)  # (N, k)
     rows_with = np.flatnonzero(touched.any(axis=1))
     if rows_with.size == 0:
         return graph
@@ -119,13 +120,16 @@ def join_rows(
     random_candidates: int = 4,
     iterations: int = 2,
     expand: int | None = None,
+    current: bool = False,
 ) -> KnnGraph:
     """Rebuild `rows` from their neighbours' neighbours, then offer their edges back.
 
     vectors: (N, d) current unit vectors; present: (N,) which nodes may be neighbours.
     Each iteration compares every row with up to k + k^2 + random_candidates candidates; a
     second iteration lets a row reach nodes that the first one brought into its neighbours'
-    rows. Returns a new graph; the input is untouched.
+    rows. current: the graph's similarities are the current cosines (`rescore_edges` ran), so
+    a row's own entries are not scored again (a fifth of a join's dot products at expand
+    k / 2). Returns a new graph; the input is untouched.
     """
     row_ids = np.unique(np.asarray(rows, dtype=np.int64))
     nb, sim = graph.neighbors.copy(), graph.similarities.copy()
@@ -142,11 +146,13 @@ def join_rows(
         # be rebuilt in any order, or block by block, and give the same graph).
         if compiled:
             best, best_sims, changed = _join_pass_compiled(
-                nb, sim, vectors, active, picks, expand, previous
+                nb, sim, vectors, active, picks, expand, current, previous
             )
             previous = nb.copy()
         else:
-            best, best_sims, changed = _join_pass_numpy(nb, vectors, active, picks, expand)
+            best, best_sims, changed = _join_pass_numpy(
+                nb, sim if current else None, vectors, active, picks, expand
+            )
         nb[active], sim[active] = best, best_sims
         merge_edges(
             nb,
@@ -169,6 +175,7 @@ def _join_pass_compiled(
     active: IdArray,
     picks: IdArray,
     expand: int,
+    current: bool,
     previous: npt.NDArray[np.int32],
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """`_join_pass_numpy`'s twin: the kernel over slices of the rows, on threads."""
@@ -186,6 +193,7 @@ def _join_pass_compiled(
             active[lo:hi],
             picks[lo:hi],
             expand,
+            current,
             previous,
             best[lo:hi],
             best_sims[lo:hi],
@@ -198,13 +206,15 @@ def _join_pass_compiled(
 
 def _join_pass_numpy(
     nb: npt.NDArray[np.int32],
+    current: npt.NDArray[np.float32] | None,
     vectors: npt.NDArray[np.floating],
     active: IdArray,
     picks: IdArray,
     expand: int,
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """One pass of the join, block by block: (rows' new neighbours, their similarities, whether
-    each row's set changed). Reads `nb` only."""
+    each row's set changed). Reads `nb` only, and `current` (the graph's similarities, when
+    they are the current cosines) for the rows' own entries."""
     k = nb.shape[1]
     width = k + expand * k + picks.shape[1]
     step = max(1, _BLOCK_BYTES // (width * vectors.shape[1] * 4))
@@ -216,6 +226,8 @@ def _join_pass_numpy(
         block = active[part]
         cand = _candidates(nb, block, picks[part], expand)  # (B, width)
         sims = _similarities(vectors, block, cand)
+        if current is not None:  # the rows' own entries, first in `cand`, as stored
+            sims[:, :k] = np.where(nb[block] >= 0, current[block], -np.inf)
         best[part], best_sims[part] = _best_k(block, cand, sims, k)
         changed[part] = (np.sort(best[part], axis=1) != np.sort(nb[block], axis=1)).any(1)
     return best, best_sims, changed

@@ -125,6 +125,7 @@ def join_rows_pass(
     rows: npt.NDArray[np.int64],
     picks: npt.NDArray[np.int64],
     expand: int,
+    current: bool,
     previous: npt.NDArray[np.int32],
     out_nb: npt.NDArray[np.int32],
     out_sim: npt.NDArray[np.float32],
@@ -132,7 +133,8 @@ def join_rows_pass(
 ) -> None:
     """Twin of one pass of `descent._join_pass_numpy`: each of `rows` rebuilt from its row,
     the rows of its first `expand` neighbours and its random `picks`; reads nb / sim only,
-    writes out_nb / out_sim / changed (row p of each belongs to rows[p]).
+    writes out_nb / out_sim / changed (row p of each belongs to rows[p]). current: the rows'
+    own similarities are the current cosines, so they are taken as they are, not recomputed.
 
     Every distinct candidate is scored once. previous: (N, k) the graph the last pass read,
     or (0, k) on a first pass. After a pass every row it rebuilt holds current similarities
@@ -142,6 +144,7 @@ def join_rows_pass(
     about half of a second pass's dot products and changes no row."""
     n, k = nb.shape
     later = previous.shape[0] > 0
+    own_current = later or current
     seen = np.full(n, -1, dtype=np.int64)  # seen[c] == p: c is a candidate of rows[p]
     cand = np.empty(k + k * k + picks.shape[1], dtype=np.int64)
     sims8 = np.empty(8, dtype=np.float32)
@@ -156,7 +159,7 @@ def join_rows_pass(
             c = nb[u, t]
             if c >= 0 and seen[c] != p:
                 seen[c] = p
-                if later:
+                if own_current:
                     count = _keep_best(best_ids, best_sims, count, c, sim[u, t])
                 else:
                     cand[m] = c
@@ -241,16 +244,16 @@ def rescore_edges(
     lo: int,
     hi: int,
 ) -> int:
-    """Twin of `descent._rescore_edges_numpy` over rows lo..hi-1, in place: every edge naming
-    a moved node gets its cosine recomputed, and those rows are re-sorted (stable: best first,
-    padding last). Returns how many rows held such an edge."""
+    """Twin of `descent._rescore_edges_numpy` over rows lo..hi-1, in place: every edge from or
+    to a moved node gets its cosine recomputed, and those rows are re-sorted (stable: best
+    first, padding last). Returns how many rows held such an edge."""
     k = nb.shape[1]
     touched = 0
     for i in range(lo, hi):
         hit = False
         for t in range(k):
             j = nb[i, t]
-            if j >= 0 and moved[j]:
+            if j >= 0 and (moved[i] or moved[j]):
                 sim[i, t] = _dot(vectors, i, j)
                 hit = True
         if not hit:

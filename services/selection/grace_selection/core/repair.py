@@ -120,8 +120,9 @@ def realign(
     total = np.zeros(stored.shape[1], dtype=np.float64)
     for start in range(0, rows, _BLOCK_ROWS):
         pair = slice(start, start + _BLOCK_ROWS)
-        new = np.asarray(fresh[fresh_rows[pair]], np.float64)
-        total += (new - np.asarray(stored[stored_ids[pair]], np.float64)).sum(0)
+        # Summed into float64 as numpy reads them: no float64 copy of either block.
+        total += np.sum(fresh[fresh_rows[pair]], axis=0, dtype=np.float64)
+        total -= np.sum(stored[stored_ids[pair]], axis=0, dtype=np.float64)
     shared = (total / rows).astype(np.float32)
     if float(np.linalg.norm(shared)) < _SHARED_DRIFT_FLOOR:
         return out

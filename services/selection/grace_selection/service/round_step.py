@@ -22,7 +22,7 @@ from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.rounds import RoundResult, compute_round
 from grace_selection.service.graph_keeper import GraphKeeper, GraphUpdate
-from grace_selection.service.state import JobArrays, RoundInputs
+from grace_selection.service.state import EmbeddedRows, JobArrays, RoundInputs
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -63,16 +63,16 @@ def step_round(
     with guard:
         inputs = arrays.round_inputs(round_, keeper.seq)
 
-    def fetch_all() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
-        with guard:
-            return arrays.embedded()
+    def fetch_all() -> tuple[npt.NDArray[np.int64], EmbeddedRows, int]:
+        rows = arrays.embedded_rows(guard)
+        return rows.ids, rows, rows.seq
 
     graph_start = time.perf_counter()
     graph, update = keeper.graph, None
     if graph is None or inputs.changed_ids.size:
         update = keeper.update(
             inputs.changed_ids,
-            inputs.changed_vectors,
+            arrays.rows(inputs.changed_ids, inputs.seq, guard),
             inputs.seq,
             config.k,
             config.drift_threshold,

@@ -6,6 +6,7 @@ state after a restart is the state before it. Snapshots (compaction) are these a
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,6 @@ class RoundInputs:
     scores: ScoreTable
     fresh: npt.NDArray[np.bool_]  # (N,) scored for this round or later
     changed_ids: npt.NDArray[np.int64]  # samples embedded since the graph was last updated
-    changed_vectors: npt.NDArray[np.float32]  # (m, dim) their newest embeddings
     seq: int  # log position the copy reflects
 
 
@@ -84,13 +84,9 @@ class JobArrays:
         return int(np.count_nonzero(self.embedding_seq)), int(np.count_nonzero(scored))
 
     def round_inputs(self, round_: int, graph_seq: int) -> RoundInputs:
-        """Copies for round `round_`; embeddings newer than `graph_seq` count as changed."""
+        """Copies for round `round_`; embeddings newer than `graph_seq` count as changed (their
+        vectors are read later, by `rows`: a round that rebuilds never needs them)."""
         changed = np.flatnonzero(self.embedding_seq > graph_seq).astype(np.int64)
-        vectors = (
-            self.embeddings[changed]
-            if self.embeddings is not None
-            else np.zeros((0, self.dim), dtype=np.float32)
-        )
         scores = ScoreTable.from_arrays(
             self.loss.copy(),
             self.importance.copy(),
@@ -101,9 +97,21 @@ class JobArrays:
             scores=scores,
             fresh=scores.scored_round >= round_,
             changed_ids=changed,
-            changed_vectors=vectors,
             seq=self.applied_seq,
         )
+
+    def embedded_rows(self, lock: AbstractContextManager[Any]) -> EmbeddedRows:
+        """Every embedded sample, read a block at a time under `lock` (a full copy would be a
+        second 1.5 GB at 1M x 384, held through a whole graph build)."""
+        with lock:
+            ids = np.flatnonzero(self.embedding_seq).astype(np.int64)
+            return EmbeddedRows(self, ids, self.applied_seq, lock)
+
+    def rows(
+        self, ids: npt.NDArray[np.int64], seq: int, lock: AbstractContextManager[Any]
+    ) -> EmbeddedRows:
+        """The embeddings of `ids`, as of log position `seq` or newer, read under `lock`."""
+        return EmbeddedRows(self, ids, seq, lock)
 
     def embedded(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
         """(ids, copies of their embeddings, the log seq they reflect) of every embedded sample."""
@@ -143,3 +151,30 @@ class JobArrays:
         """Roughly what a snapshot of this state costs to write."""
         embedded = self.embeddings.nbytes if self.embeddings is not None else 0
         return embedded + self.n * 24
+
+
+class EmbeddedRows:
+    """The embeddings of `ids`, copied block by block under the job lock as a build reads them.
+
+    seq is the log position when the ids were taken: a row re-embedded while the build reads
+    has a newer embedding_seq, so the next round takes it in again (unchanged, if the build
+    already read the new one), and no row is left behind.
+    """
+
+    def __init__(
+        self,
+        arrays: JobArrays,
+        ids: npt.NDArray[np.int64],
+        seq: int,
+        lock: AbstractContextManager[Any],
+    ) -> None:
+        self.ids, self.seq = ids, seq
+        self._arrays, self._lock = arrays, lock
+        self.shape = (ids.size, arrays.dim)
+
+    def __getitem__(self, rows: slice) -> npt.NDArray[np.float32]:
+        with self._lock:
+            embeddings = self._arrays.embeddings
+            if embeddings is None:
+                return np.zeros((len(self.ids[rows]), self._arrays.dim), dtype=np.float32)
+            return embeddings[self.ids[rows]]
