@@ -307,7 +307,6 @@ def build_sparse_similarity(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]:
     """Twin of `similarity._build_sparse_similarity_numpy`: the same (indptr, cols, vals)."""
     n, k = nb.shape
-    keep = np.zeros((n, k), dtype=np.bool_)
     kept = np.full((n, k), -1, dtype=np.int32)  # nb where kept: one random row read per edge below
     for i in range(n):
         for t in range(k):
@@ -320,17 +319,15 @@ def build_sparse_similarity(
                     repeated = True
                     break
             if not repeated:
-                keep[i, t] = True
                 kept[i, t] = j
-    out_count = np.zeros(n, dtype=np.int64)
-    in_count = np.zeros(n, dtype=np.int64)
+    count = np.ones(n, dtype=np.int64)  # row lengths: self, kept out-edges, one-way in-edges
     one_way = np.zeros((n, k), dtype=np.bool_)
     for i in range(n):
         for t in range(k):
-            if not keep[i, t]:
+            j = kept[i, t]
+            if j == -1:
                 continue
-            out_count[i] += 1
-            j = nb[i, t]
+            count[i] += 1
             mutual = False
             for u in range(k):
                 if kept[j, u] == i:
@@ -338,31 +335,32 @@ def build_sparse_similarity(
                     break
             if not mutual:
                 one_way[i, t] = True
-                in_count[j] += 1
+                count[j] += 1
     indptr = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
-        indptr[i + 1] = indptr[i] + out_count[i] + in_count[i] + 1
+        indptr[i + 1] = indptr[i] + count[i]
     cols = np.empty(indptr[n], dtype=np.int32)
     vals = np.empty(indptr[n], dtype=np.float32)
     # Row layout: [self, kept out-edges in list order, reversed one-way in-edges by source].
-    filled = np.zeros(n, dtype=np.int64)
+    # cursor[j]: row j's next free slot, so that a scattered in-edge reads one number, not three.
+    cursor = count
     for i in range(n):
         p = indptr[i]
         cols[p] = i
         vals[p] = 1.0
         for t in range(k):
-            if keep[i, t]:
+            if kept[i, t] != -1:
                 p += 1
-                cols[p] = nb[i, t]
+                cols[p] = kept[i, t]
                 vals[p] = sim[i, t]
+        cursor[i] = p + 1
     for i in range(n):  # sources ascending, then slots: the numpy path's stable sort
         for t in range(k):
             if one_way[i, t]:
-                j = nb[i, t]
-                p = indptr[j] + 1 + out_count[j] + filled[j]
-                cols[p] = i
-                vals[p] = sim[i, t]
-                filled[j] += 1
+                j = kept[i, t]
+                cols[cursor[j]] = i
+                vals[cursor[j]] = sim[i, t]
+                cursor[j] += 1
     return indptr, cols, vals
 
 
