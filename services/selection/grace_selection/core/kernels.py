@@ -233,17 +233,13 @@ def lazy_greedy_facility_location(
     if budget > size:
         raise ValueError("budget exceeds the eligible samples")
     cover = np.zeros(n, dtype=np.float32)
-    reals = np.empty((max(size, 1), 2), dtype=np.float64)  # entries; later, the current heap
-    ints = np.empty((max(size, 1), 4), dtype=np.int64)
+    first = np.empty(size, dtype=np.float64)
     low, high = np.inf, -np.inf
     for j in range(size):
         c = items[j]
-        start, stop = indptr[c], indptr[c + 1]
-        key = -(_span_gain(cols, vals, cover, start, stop) + bonus[c])
-        reals[j, KEY], reals[j, BONUS] = key, bonus[c]
-        ints[j, ID], ints[j, STAMP], ints[j, START], ints[j, STOP] = c, 0, start, stop
+        first[j] = -(_span_gain(cols, vals, cover, indptr[c], indptr[c + 1]) + bonus[c])
         # A key never exceeds -bonus (a gain of 0): the top of the range.
-        low, high = min(low, key), max(high, key, -bonus[c])
+        low, high = min(low, first[j]), max(high, first[j], -bonus[c])
     scale = buckets / (high - low) if high > low else 0.0
     blocks = size // CHUNK + buckets + 1  # every entry in a full block, plus one part-full each
     block_reals = np.empty((blocks, CHUNK, 2), dtype=np.float64)
@@ -252,9 +248,16 @@ def lazy_greedy_facility_location(
     head = np.full(buckets, -1, dtype=np.int64)
     fill = np.zeros(buckets, dtype=np.int64)
     spare = np.zeros(1, dtype=np.int64)
+    # The heap of the current bucket; np.empty touches no memory, and a bucket's heap stays
+    # small, so these cost only the pages it uses (each new page is a fault, ~5 us here).
+    reals = np.empty((max(size, 1), 2), dtype=np.float64)
+    ints = np.empty((max(size, 1), 4), dtype=np.int64)
     for j in range(size):
-        bucket = _bucket(reals[j, KEY], low, scale, buckets)
-        _push_entry(block_reals, block_ints, chain, head, fill, spare, bucket, reals[j], ints[j])
+        c = items[j]
+        reals[0, KEY], reals[0, BONUS] = first[j], bonus[c]
+        ints[0, ID], ints[0, STAMP], ints[0, START], ints[0, STOP] = c, 0, indptr[c], indptr[c + 1]
+        bucket = _bucket(first[j], low, scale, buckets)
+        _push_entry(block_reals, block_ints, chain, head, fill, spare, bucket, reals[0], ints[0])
     heap_size = 0
     current = -1
     picks = np.empty(budget, dtype=np.int64)
