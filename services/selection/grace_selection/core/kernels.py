@@ -305,69 +305,6 @@ def lazy_greedy_facility_location(
 
 
 @compiled
-def build_sparse_similarity(
-    nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-    """Twin of `similarity._build_sparse_similarity_numpy`: the same (indptr, cols, vals)."""
-    n, k = nb.shape
-    kept = np.full((n, k), -1, dtype=np.int32)  # nb where kept: one random row read per edge below
-    for i in range(n):
-        for t in range(k):
-            j = nb[i, t]
-            if j == -1 or j == i or not sim[i, t] > 0:
-                continue
-            repeated = False
-            for u in range(t):  # any earlier listing, kept or not, wins
-                if nb[i, u] == j:
-                    repeated = True
-                    break
-            if not repeated:
-                kept[i, t] = j
-    count = np.ones(n, dtype=np.int64)  # row lengths: self, kept out-edges, one-way in-edges
-    one_way = np.zeros((n, k), dtype=np.bool_)
-    for i in range(n):
-        for t in range(k):
-            j = kept[i, t]
-            if j == -1:
-                continue
-            count[i] += 1
-            mutual = False
-            for u in range(k):
-                if kept[j, u] == i:
-                    mutual = True
-                    break
-            if not mutual:
-                one_way[i, t] = True
-                count[j] += 1
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        indptr[i + 1] = indptr[i] + count[i]
-    cols = np.empty(indptr[n], dtype=np.int32)
-    vals = np.empty(indptr[n], dtype=np.float32)
-    # Row layout: [self, kept out-edges in list order, reversed one-way in-edges by source].
-    # cursor[j]: row j's next free slot, so that a scattered in-edge reads one number, not three.
-    cursor = count
-    for i in range(n):
-        p = indptr[i]
-        cols[p] = i
-        vals[p] = 1.0
-        for t in range(k):
-            if kept[i, t] != -1:
-                p += 1
-                cols[p] = kept[i, t]
-                vals[p] = sim[i, t]
-        cursor[i] = p + 1
-    for i in range(n):  # sources ascending, then slots: the numpy path's stable sort
-        for t in range(k):
-            if one_way[i, t]:
-                j = kept[i, t]
-                cols[cursor[j]] = i
-                vals[cursor[j]] = sim[i, t]
-                cursor[j] += 1
-    return indptr, cols, vals
-
-
-@compiled
 def coverage_owner(
     nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32], picks: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]:
