@@ -1,10 +1,10 @@
-"""`estimation.estimate_delta` compiled with numba: imported only through
-`acceleration.estimation_kernels()`.
+"""Neighbour means compiled with numba (`estimation.estimate_delta`, the neighbour sums of
+`rescore.compute_rescore_priority`): imported only through `acceleration.estimation_kernels()`.
 
-At N = 1M the numpy rule builds five (N, k) float64 / intp temporaries and gathers twice at
-random; one pass per row does the same work in about a tenth of the time. The result is the
-numpy rule's bit for bit (tests compare them): the same float64 operations per edge, and row
-sums in numpy's own order (`_pairwise_sum`), so that both paths select the same coreset.
+At N = 1M the numpy code builds several (N, k) float64 / intp temporaries and gathers at random;
+one pass per row does the same work in about a tenth of the time. The results are numpy's bit
+for bit (tests compare them): the same float64 operations per edge, and row sums in numpy's own
+order (`_pairwise_sum`), so that both paths select the same coreset and plan the same rescore.
 """
 
 from __future__ import annotations
@@ -75,3 +75,24 @@ def estimate_delta(
         shift = _pairwise_sum(moved_by)
         out[i] = previous[i] + (shift / total if total > 0 else 0.0)
     return out
+
+
+@compiled
+def neighbour_sums(
+    nb: npt.NDArray[np.int32], values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Twin of the neighbour sum and count in `rescore.compute_rescore_priority`: per row, the
+    sum of values over real neighbours that are known (0.0 in the other slots), and their count."""
+    n, k = nb.shape
+    row = np.empty(k, dtype=np.float64)
+    total = np.empty(n, dtype=np.float64)
+    count = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        for t in range(k):
+            j = nb[i, t]
+            row[t] = 0.0
+            if j != -1 and known[j]:
+                row[t] = values[j]
+                count[i] += 1
+        total[i] = _pairwise_sum(row)
+    return total, count
