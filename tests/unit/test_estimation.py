@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
+from grace_selection.core import acceleration
 from grace_selection.core.estimation import ESTIMATORS, estimate_stale_scores
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
@@ -213,3 +216,34 @@ def test_bad_inputs_name_the_field(kwargs: dict[str, object], field: str) -> Non
     args.update(kwargs)
     with pytest.raises(ValueError, match=f"^{field}:"):
         estimate_stale_scores(graph, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba (the `fast` extra) not installed"
+)
+@given(
+    n=st.integers(1, 60),
+    k=st.sampled_from([1, 3, 7, 8, 9, 10, 16, 17, 40, 150]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_delta_compiled_and_numpy_give_the_same_bits(n: int, k: int, seed: int) -> None:
+    # Row sums in numpy's pairwise order, padding, negative and zero similarities, unknown
+    # previous values, non-finite fresh values: the compiled rule must match bit for bit.
+    rng = np.random.default_rng(seed)
+    nb = rng.integers(0, n, size=(n, k)).astype(np.int32)
+    nb[rng.random((n, k)) < 0.2] = NO_NEIGHBOR
+    sim = rng.uniform(-0.3, 1.0, size=(n, k)).astype(np.float32)
+    sim[rng.random((n, k)) < 0.1] = 0.0
+    graph = KnnGraph(nb, sim)
+    previous = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)
+    previous[rng.random(n) < 0.2] = np.nan
+    current = previous + rng.standard_normal(n)
+    fresh = rng.random(n) < 0.5  # as estimate_stale_scores passes it: fresh and finite
+    got = {}
+    for mode in ("1", "0"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(acceleration.ENV_VAR, mode)
+            # The rule's float64 output, before the float32 cast: the strictest comparison.
+            got[mode] = ESTIMATORS["delta"](graph, previous, current, fresh, 1.0)
+    assert got["1"].tobytes() == got["0"].tobytes()

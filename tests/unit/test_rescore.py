@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from grace_selection.core import acceleration
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.rescore import compute_rescore_priority, plan_rescore
@@ -189,3 +192,30 @@ def test_bad_inputs_name_the_field(
         plan_rescore(
             random_graph(10, 2, 0), importance, scored, current_round, SelectionConfig(), 0
         )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba (the `fast` extra) not installed"
+)
+@given(
+    n=st.integers(1, 60),
+    k=st.sampled_from([1, 3, 7, 8, 9, 10, 16, 17, 40, 150]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_priority_compiled_and_numpy_give_the_same_bits(n: int, k: int, seed: int) -> None:
+    # Padding, unknown scores, never-scored samples, values over many magnitudes: the compiled
+    # neighbour sums must add up as numpy's pairwise sum does.
+    rng = np.random.default_rng(seed)
+    nb = rng.integers(0, n, size=(n, k)).astype(np.int32)
+    nb[rng.random((n, k)) < 0.2] = NO_NEIGHBOR
+    graph = KnnGraph(nb, rng.uniform(0.0, 1.0, size=(n, k)).astype(np.float32))
+    importance = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 6, n)
+    importance[rng.random(n) < 0.2] = np.nan
+    scored = rng.integers(NEVER_SCORED, 4, n)
+    got = {}
+    for mode in ("1", "0"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(acceleration.ENV_VAR, mode)
+            got[mode] = compute_rescore_priority(graph, importance, scored, 4)
+    assert got["1"].tobytes() == got["0"].tobytes()

@@ -137,6 +137,46 @@ def test_lazy_greedy_numba_and_numpy_pick_the_same_under_eligibility(
     assert eligible[picks["1"]].all()
 
 
+@needs_numba
+@settings(max_examples=50, deadline=None)
+@given(graphs, st.integers(0, 2**16), st.sampled_from([1, 2, 3, 7, 64]), st.booleans())
+def test_lazy_greedy_kernel_picks_the_same_with_any_bucket_count(
+    graph: KnnGraph, seed: int, buckets: int, coarse: bool
+) -> None:
+    # Few buckets put many samples in one bucket: chained blocks, re-evaluations that stay in
+    # the current bucket, equal keys (coarse utility). The picks must not depend on the count.
+    from grace_selection.core.facility_location import _lazy_greedy_python
+
+    rng = np.random.default_rng(seed)
+    utility = (rng.integers(0, 3, graph.n) / 2.0 if coarse else rng.random(graph.n)).astype(
+        np.float32
+    )
+    bonus = utility.astype(np.float64)
+    eligible = rng.random(graph.n) < 0.8
+    eligible[0] = True
+    budget = int(rng.integers(1, eligible.sum() + 1))
+    similarity = run_with("0", build_sparse_similarity, graph)
+    picks = acceleration.kernels().lazy_greedy_facility_location(
+        similarity.indptr, similarity.cols, similarity.vals, bonus, eligible, budget, buckets
+    )
+    assert picks.tolist() == _lazy_greedy_python(similarity, bonus, eligible, budget).tolist()
+
+
+@needs_numba
+@pytest.mark.parametrize("buckets", [1, 256, 1 << 16])
+def test_lazy_greedy_kernel_picks_the_same_on_a_larger_graph(buckets: int) -> None:
+    from grace_selection.core.facility_location import _lazy_greedy_python
+
+    graph = make_graph(3000, 8, 5)
+    bonus = np.random.default_rng(5).random(graph.n)
+    eligible = np.ones(graph.n, dtype=bool)
+    similarity = run_with("0", build_sparse_similarity, graph)
+    picks = acceleration.kernels().lazy_greedy_facility_location(
+        similarity.indptr, similarity.cols, similarity.vals, bonus, eligible, 600, buckets
+    )
+    assert picks.tolist() == _lazy_greedy_python(similarity, bonus, eligible, 600).tolist()
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("lam", [0.0, 1.0])
 def test_exact_greedy_is_the_dense_greedy_and_at_least_stochastic_greedy_on_average(

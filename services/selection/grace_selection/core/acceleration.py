@@ -23,6 +23,8 @@ from types import ModuleType
 ENV_VAR = "GRACE_NUMBA"
 _KERNELS = "grace_selection.core.kernels"
 _JOIN_KERNELS = "grace_selection.core.join_kernels"
+_ESTIMATION_KERNELS = "grace_selection.core.estimation_kernels"
+_SIMILARITY_KERNELS = "grace_selection.core.similarity_kernels"
 
 
 def numba_enabled() -> bool:
@@ -48,3 +50,14 @@ def kernels() -> ModuleType:
 def join_kernels() -> ModuleType:
     """The compiled graph-upkeep kernels of `core.descent` (imports numba on first use)."""
     return importlib.import_module(_JOIN_KERNELS)
+
+
+def estimation_kernels() -> ModuleType:
+    """The compiled stale-score estimation rules of `core.estimation` (imports numba on first
+    use)."""
+    return importlib.import_module(_ESTIMATION_KERNELS)
+
+
+def similarity_kernels() -> ModuleType:
+    """The compiled build of `core.similarity` (imports numba on first use)."""
+    return importlib.import_module(_SIMILARITY_KERNELS)

@@ -8,8 +8,10 @@ rewards covering every region of the data, the second rewards important picks.
 ties to the lower id) with a lazy heap (Minoux, 1978): F is submodular, so a gain computed
 against an earlier cover is an upper bound of the gain now, and a heap top whose gain was
 computed against the current cover is the true maximum. Compiled with numba when installed
-(`acceleration`); else the same loop over a heapq, fed in descending order of the first gains
-so that the heap stays small. Both give the same picks. It uses no randomness.
+(`acceleration`; there the heap is a bucket queue with the same order, see
+`kernels.lazy_greedy_facility_location`); else the same loop over a heapq, fed in descending
+order of the first gains so that the heap stays small. Both give the same picks. It uses no
+randomness.
 
 `maximize_facility_location` is the batched stochastic greedy the selector ran before
 (Mirzasoleiman et al., 2015), kept as the baseline the benchmarks and tests compare against.
@@ -102,6 +104,7 @@ def maximize_facility_location_lazy(
             bonus,
             np.ascontiguousarray(eligible, dtype=np.bool_),
             int(budget),
+            kernels().BUCKETS,
         )
         return picks
     return _lazy_greedy_python(similarity, bonus, eligible, budget)

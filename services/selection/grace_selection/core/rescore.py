@@ -20,9 +20,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.core.acceleration import estimation_kernels, numba_enabled
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.scores import NEVER_SCORED
+
+# Rows the compiled neighbour sums add up as numpy does (see estimation._COMPILED_MAX_K).
+_COMPILED_MAX_K = 128
 
 IdArray = npt.NDArray[np.int64]
 
@@ -94,11 +98,18 @@ def compute_rescore_priority(
     age = (current_round - scored_round).astype(np.float64)
     known = np.isfinite(importance)
     values = np.where(known, importance, 0.0)
-    real = graph.neighbors != NO_NEIGHBOR
-    nbr = np.where(real, graph.neighbors, 0)  # (N, k) padding gathers row 0, masked below
-    valid = real & known[nbr]
-    count = valid.sum(axis=1)
-    neighbour_sum = np.where(valid, values[nbr], 0.0).sum(axis=1)
+    compiled = values.dtype == np.float64 and graph.neighbors.shape[1] <= _COMPILED_MAX_K
+    if compiled and numba_enabled():
+        # The same sums and counts in one pass (estimation_kernels), without (N, k) temporaries.
+        neighbour_sum, count = estimation_kernels().neighbour_sums(
+            np.ascontiguousarray(graph.neighbors, dtype=np.int32), values, known
+        )
+    else:
+        real = graph.neighbors != NO_NEIGHBOR
+        nbr = np.where(real, graph.neighbors, 0)  # (N, k) padding gathers row 0, masked below
+        valid = real & known[nbr]
+        count = valid.sum(axis=1)
+        neighbour_sum = np.where(valid, values[nbr], 0.0).sum(axis=1)
     neighbour_mean = np.divide(
         neighbour_sum, count, out=np.zeros_like(neighbour_sum), where=count > 0
     )

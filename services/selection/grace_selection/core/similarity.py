@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.acceleration import kernels, numba_enabled
+from grace_selection.core.acceleration import numba_enabled, similarity_kernels
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 # Rows per block of the (rows, k, k) mutual-edge test: about 13 MB of temporaries at k = 10.
@@ -69,11 +69,25 @@ def build_sparse_similarity(graph: KnnGraph) -> SparseSimilarity:
     pure numpy; both build the same arrays.
     """
     if numba_enabled():
-        indptr, cols, vals = kernels().build_sparse_similarity(
-            np.ascontiguousarray(graph.neighbors), np.ascontiguousarray(graph.similarities)
-        )
-        return SparseSimilarity(indptr, cols, vals)
+        return _build_sparse_similarity_compiled(graph)
     return _build_sparse_similarity_numpy(graph)
+
+
+def _build_sparse_similarity_compiled(graph: KnnGraph) -> SparseSimilarity:
+    """The two kernels, on arrays numpy allocates (huge pages: see mark_sparse_similarity)."""
+    nb = np.ascontiguousarray(graph.neighbors)
+    sim = np.ascontiguousarray(graph.similarities)
+    n, k = nb.shape
+    kept = np.empty((n, k), dtype=np.int32)
+    one_way = np.empty((n, k), dtype=np.bool_)
+    count = np.empty(n, dtype=np.int64)
+    similarity_kernels().mark_sparse_similarity(nb, sim, kept, one_way, count)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(count, out=indptr[1:])
+    cols = np.empty(int(indptr[-1]), dtype=np.int32)
+    vals = np.empty(int(indptr[-1]), dtype=np.float32)
+    similarity_kernels().fill_sparse_similarity(sim, kept, one_way, count, indptr, cols, vals)
+    return SparseSimilarity(indptr, cols, vals)
 
 
 def _build_sparse_similarity_numpy(graph: KnnGraph) -> SparseSimilarity:
