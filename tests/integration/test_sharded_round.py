@@ -7,6 +7,7 @@ the same shards run in this process (same partition, same answers).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,9 @@ from grace_selection.core.facility_location import (
     select_facility_location,
 )
 from grace_selection.core.similarity import build_sparse_similarity
+from grace_selection.service.sharded_keeper import ShardedGraphKeeper
 from grace_selection.service.sharded_round import select_sharded
+from tests.unit.api_support import api_client, create_job, make_clustered, wait_published, warm_up
 
 N, DIM = 5000, 32
 CONFIG = SelectionConfig(selector="facility_location", budget_fraction=0.1)
@@ -69,3 +72,28 @@ def test_sharded_round_on_ray_matches_brute_force_and_the_one_process_greedy(
     local = select_sharded(LocalShardedIndex(DIM, 2), vectors, utility, eligible, CONFIG, seed=7)
     assert np.array_equal(local.graph.neighbors, outcome.graph.neighbors)
     assert np.array_equal(local.selection.picks, picks)
+
+
+def test_a_sharded_job_runs_its_rounds_on_ray_actors_through_the_api(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    """GRACE_SHARDS=2 on the session's Ray: the service drives two shard actors per job,
+    publishes the round, and lets the actors go when it stops."""
+    n, dim = 2000, 16
+    with api_client(tmp_path, shards=2, shard_backend="ray") as client:
+        create_job(client, "job", n=n, dim=dim, seed=1)
+        warm_up(client, "job", n, dim)
+        assert client.post("/v1/jobs/job/rounds").status_code == 202
+        manifest = wait_published(client, "job", 0, timeout=180)
+        assert manifest["status"] == "published", manifest
+        assert manifest["count"] == round(0.1 * n)
+        keeper = client.app.state.service.job("job").keeper  # type: ignore[attr-defined]
+        assert isinstance(keeper, ShardedGraphKeeper)
+        assert len(keeper.reports()) == 2  # the two actors answer
+        assert keeper.graph is not None
+        truth = BruteForceIndex(dim)
+        truth.upsert(np.arange(n, dtype=np.int64), make_clustered(n, dim, 0))
+        exact = truth.knn_graph(keeper.graph.k).neighbors
+        pairs = zip(keeper.graph.neighbors, exact, strict=True)
+        assert sum(np.intersect1d(a, b).size for a, b in pairs) / exact.size >= 0.98
+    assert keeper.reports() == []  # the actors went with the service

@@ -65,6 +65,18 @@ class ServiceSettings(BaseSettings):
         description="below this sampled recall@k (and above the floor) a refresh joins every "
         "row once more instead of rebuilding (0: never)",
     )
+    shards: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="0: each job's graph and selection run in this process; n > 0: on n "
+        "shards (a random part of the samples each, RandGreeDi selection, rebuilt every round)",
+    )
+    shard_backend: Literal["ray", "local"] = Field(
+        "ray",
+        description="where the shards run: ray (one actor each; joins RAY_ADDRESS, else starts "
+        "a local Ray; the `scale` extra) or local (one after another in this process)",
+    )
     max_job_bytes: int | None = Field(
         None,
         gt=0,

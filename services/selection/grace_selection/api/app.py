@@ -8,7 +8,7 @@ and /readyz turns ready when the state is back.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +19,7 @@ from fastapi.openapi.utils import get_openapi
 
 from grace_proto.models import ScoreBatchRequest
 from grace_selection import __version__
-from grace_selection.adapters.ports import NeighborIndex, ScoreStore
+from grace_selection.adapters.ports import NeighborIndex, ScoreStore, ShardedIndex
 from grace_selection.api.auth import TokenGuard
 from grace_selection.api.errors import UnexpectedErrorGuard, install_error_handlers
 from grace_selection.api.fast_path import IndicesFastPath
@@ -93,6 +93,33 @@ def make_index_factory(
     )
 
 
+def make_sharded_index(settings: ServiceSettings) -> Callable[[int], ShardedIndex] | None:
+    """How each job makes its ShardedIndex (GRACE_SHARDS, GRACE_SHARD_BACKEND); None for the
+    one-process path. For Ray, joins the cluster RAY_ADDRESS names or starts a local one here,
+    at start-up, so that a missing extra or an unreachable cluster fails the start, not a
+    round."""
+    shards = settings.shards
+    if shards == 0:
+        return None
+    if settings.shard_backend == "local":
+        from grace_selection.adapters.sharded_index import LocalShardedIndex
+
+        def local(dim: int) -> ShardedIndex:
+            return LocalShardedIndex(dim, shards)
+
+        return local
+    from grace_selection.adapters.ray_shards import RayShardedIndex, import_ray
+
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS when set, else a local cluster
+
+    def on_ray(dim: int) -> ShardedIndex:
+        return RayShardedIndex(dim, shards)
+
+    return on_ray
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     settings.check_bind_safety()
@@ -102,6 +129,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         fix_mmap_threshold()  # large arrays go back to the system when freed (resources.py)
         store = await run_in_threadpool(open_store, settings)
+        sharded = await run_in_threadpool(make_sharded_index, settings)
         service = SelectionService(
             store,
             make_index_factory(
@@ -115,6 +143,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             events=metrics,
             max_job_bytes=settings.max_job_bytes,
             round_nice=settings.round_nice,
+            make_sharded_index=sharded,
         )
         app.state.service = metrics_holder["service"] = service
         loader = threading.Thread(target=service.load, name="grace-load", daemon=True)

@@ -20,7 +20,7 @@ from grace_selection.core.estimation import estimate_stale_scores
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.rescore import plan_rescore
 from grace_selection.core.scores import ScoreTable
-from grace_selection.core.selectors import select_coreset
+from grace_selection.core.selectors import Selector, select_coreset
 
 # Mixed into the seed so that the rescore plan draws from its own stream, independent of the
 # selector's: changing the selector never changes which samples get re-scored, and vice versa.
@@ -52,6 +52,7 @@ def compute_round(
     *,
     round_: int,
     seed: int,
+    selector: Selector | None = None,
 ) -> RoundResult:
     """Estimate stale importance (config.estimation_rule), select, plan the next rescore.
 
@@ -59,7 +60,8 @@ def compute_round(
         is read where `fresh`. previous_importance: (N,) the `importance` of the last round's
         result (all NaN before the first round). fresh: (N,) bool, re-scored since that round.
     round_: the round being computed; ages are measured against it. seed: the job seed; the
-        same inputs and seed give the same result.
+        same inputs and seed give the same result. selector: instead of config.selector's
+        (select_coreset).
     """
     n = graph.n
     if scores.n != n:
@@ -83,7 +85,7 @@ def compute_round(
         scored_round=scores.scored_round,
         stratum=scores.stratum,
     )
-    coreset = select_coreset(graph, table, config, round_=round_, seed=seed)
+    coreset = select_coreset(graph, table, config, round_=round_, seed=seed, selector=selector)
     plan_rng = np.random.default_rng([seed, round_, _PLAN_STREAM])
     plan = plan_rescore(graph, importance, scores.scored_round, round_, config, plan_rng)
     return RoundResult(

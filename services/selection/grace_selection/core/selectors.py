@@ -49,7 +49,13 @@ SELECTORS: Mapping[SelectorName, Selector] = MappingProxyType(
 
 
 def select_coreset(
-    graph: KnnGraph, scores: ScoreTable, config: SelectionConfig, *, round_: int, seed: int
+    graph: KnnGraph,
+    scores: ScoreTable,
+    config: SelectionConfig,
+    *,
+    round_: int,
+    seed: int,
+    selector: Selector | None = None,
 ) -> Coreset:
     """Select round `round_`'s coreset.
 
@@ -61,13 +67,14 @@ def select_coreset(
     4. CRAIG weights per stratum when config.weighted.
     Randomness comes only from np.random.default_rng([seed, round_]), consumed in stratum
     order: a stochastic selector draws afresh each round, and the same inputs, seed and round
-    give the identical coreset, digest included.
+    give the identical coreset, digest included. selector: one to run instead of
+    SELECTORS[config.selector] (the service's sharded selection), with the same contract.
     """
     _check_inputs(graph, scores, round_, seed)
     utility, eligible = combine_scores(scores, config)
     budget = budget_size(graph.n, config.budget_fraction)
     rng = np.random.default_rng([seed, round_])
-    selector = SELECTORS[config.selector]
+    selector = SELECTORS[config.selector] if selector is None else selector
     all_picks: list[npt.NDArray[np.int64]] = []
     all_weights: list[npt.NDArray[np.float32]] = []
     for part in partition_by_stratum(graph, scores.stratum, budget, config.stratum_budgets):

@@ -24,10 +24,10 @@ from grace_selection.service.errors import (
     InvalidInputError,
     UnknownJobError,
 )
-from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.lifecycle import RoundLifecycle
 from grace_selection.service.projection_cache import ProjectionCache
 from grace_selection.service.rounds import Body
+from grace_selection.service.sharded_keeper import JobKeeper
 from grace_selection.service.specs import JobSpec, read_initial_strata
 from grace_selection.service.state import JobArrays
 
@@ -35,7 +35,7 @@ CHECKPOINT_DOCUMENT = "checkpoint"
 
 
 class Job:
-    def __init__(self, spec: JobSpec, keeper: GraphKeeper) -> None:
+    def __init__(self, spec: JobSpec, keeper: JobKeeper) -> None:
         self.spec = spec
         self.keeper = keeper
         self.arrays = JobArrays(spec.n, spec.dim, read_initial_strata(spec.request))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.service.batches import parse_batch
 from grace_selection.service.errors import JobFailedError
-from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
+from grace_selection.service.sharded_keeper import JobKeeper
 from grace_selection.service.specs import JobSpec
 
 log = logging.getLogger("grace_selection.service")
@@ -38,7 +38,7 @@ class FailedJob:
         )
 
 
-def load_job(store: ScoreStore, spec: JobSpec, keeper: GraphKeeper) -> Job:
+def load_job(store: ScoreStore, spec: JobSpec, keeper: JobKeeper) -> Job:
     """A job as the store holds it: snapshot, then the log after it, manifests, checkpoint and
     the index snapshot."""
     job = Job(spec, keeper)

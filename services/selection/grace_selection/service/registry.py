@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from grace_proto.models import (
     ScoreBatchRequest,
     TriggerRoundRequest,
 )
-from grace_selection.adapters.ports import ScoreStore
+from grace_selection.adapters.ports import ScoreStore, ShardedIndex
 from grace_selection.adapters.store_records import StoreError
 from grace_selection.service.batches import ScoreBatch, parse_batch, parse_score_json
 from grace_selection.service.errors import (
@@ -64,6 +65,7 @@ from grace_selection.service.round_runner import (
     run_round,
 )
 from grace_selection.service.rounds import Body, encode_rescore
+from grace_selection.service.sharded_keeper import JobKeeper, ShardedGraphKeeper
 from grace_selection.service.sizing import check_job_size, default_job_limit
 from grace_selection.service.specs import JobSpec
 
@@ -79,8 +81,11 @@ class SelectionService:
         events: ServiceEvents | None = None,
         max_job_bytes: int | None = None,
         round_nice: int = 0,
+        make_sharded_index: Callable[[int], ShardedIndex] | None = None,
     ) -> None:
         self.store = store
+        # Set (GRACE_SHARDS > 0): every job's graph and selection run on shards.
+        self.make_sharded_index = make_sharded_index
         self.max_job_bytes = default_job_limit() if max_job_bytes is None else max_job_bytes
         self.make_index_factory = make_index_factory
         self.data_dir = Path(data_dir)
@@ -144,6 +149,11 @@ class SelectionService:
         self._closing.set()  # a loader still waiting for the store gives up
         self._loaded.wait(30)
         self._rounds.shutdown(wait=True, cancel_futures=True)
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:  # shard actors end with the service, not with the Ray cluster
+            if isinstance(job.keeper, ShardedGraphKeeper):
+                job.keeper.close()
         self.store.close()
 
     def readiness(self) -> tuple[bool, dict[str, str]]:
@@ -430,6 +440,8 @@ class SelectionService:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _keeper(self, spec: JobSpec) -> GraphKeeper:
+    def _keeper(self, spec: JobSpec) -> JobKeeper:
+        if self.make_sharded_index is not None:
+            return ShardedGraphKeeper(spec.n, spec.dim, self.make_sharded_index)
         folder = self.data_dir / "indexes" / spec.job_id
         return GraphKeeper(spec.n, spec.dim, self.make_index_factory, folder)

@@ -21,7 +21,8 @@ import numpy.typing as npt
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.rounds import RoundResult, compute_round
-from grace_selection.service.graph_keeper import GraphKeeper, GraphUpdate
+from grace_selection.service.graph_keeper import GraphUpdate
+from grace_selection.service.sharded_keeper import JobKeeper, ShardedGraphKeeper
 from grace_selection.service.state import EmbeddedRows, JobArrays, RoundInputs
 
 
@@ -45,7 +46,7 @@ class RoundOutcome:
 
 def step_round(
     arrays: JobArrays,
-    keeper: GraphKeeper,
+    keeper: JobKeeper,
     config: SelectionConfig,
     previous_importance: npt.NDArray[np.float32],
     *,
@@ -82,8 +83,17 @@ def step_round(
     graph_seconds = time.perf_counter() - graph_start
 
     select_start = time.perf_counter()
+    # A sharded job selects with RandGreeDi over its shards (service.sharded_keeper).
+    selector = keeper.selector() if isinstance(keeper, ShardedGraphKeeper) else None
     result = compute_round(
-        graph, inputs.scores, previous_importance, inputs.fresh, config, round_=round_, seed=seed
+        graph,
+        inputs.scores,
+        previous_importance,
+        inputs.fresh,
+        config,
+        round_=round_,
+        seed=seed,
+        selector=selector,
     )
     return RoundOutcome(
         inputs=inputs,
