@@ -8,10 +8,11 @@ Every (keeper, n) runs in a fresh process, one after the other in one invocation
 peak RSS (VmHWM, reset before each round through /proc/self/clear_refs) belongs to it alone.
 The job's state is the service's `JobArrays`, fed the service's batches.
 - `product`: `step_round` with a `GraphKeeper` over `HnswNeighborIndex` (the round runner's
-  path), then the round's arrays published to a `LocalScoreStore`. `product-f16` is the same
-  with GRACE_GRAPH_VECTORS=float16. `before`: the same path with the graph keeper and HNSW
-  index of the commit this work started from (loaded from git), which rebuilds when more than
-  6% of N drifted beyond tau.
+  path), then the round's arrays published to a `LocalScoreStore`; the keeper drops the
+  build's index and the graph searches itself. `product-index` keeps the index
+  (GRACE_GRAPH_KEEP_INDEX=true) and `product-f16` stores GRACE_GRAPH_VECTORS=float16.
+  `before`: the same path with the graph keeper and HNSW index of the commit this work started
+  from (loaded from git), which rebuilds when more than 6% of N drifted beyond tau.
 - peers (round_peers.py): only their graph upkeep is timed, over the same changes.
 Data: clustered low-rank embeddings (200 centres in a 32-d latent space, mapped to d by a
 random matrix, plus isotropic noise of 0.5 per dimension), unit-normalised; scores as in
@@ -201,7 +202,9 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
             keeper = globals()["BeforeKeeper"](n, DIM, factory, Path(folder.name) / "g")
         else:
             dtype = "float16" if keeper_name == "product-f16" else "float32"
-            factory = make_index_factory("hnsw", vector_dtype=dtype)
+            factory = make_index_factory(
+                "hnsw", vector_dtype=dtype, keep_index=keeper_name == "product-index"
+            )
             keeper = GraphKeeper(n, DIM, factory, Path(folder.name) / "g")
         previous = np.full(n, np.nan, np.float32)
         results = []
@@ -213,6 +216,8 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
             fresh = rng.gamma(2.0, size=changed.size).astype(np.float32)
             seq += 1
             arrays.apply(EmbeddingBatch(f"e{r}", r, changed, new, b""), seq)
+            # The benchmark's own scratch: the service drops a batch once it is applied.
+            del new
             seq += 1
             arrays.apply(ScoreBatch(f"s{r}", "worker", r, 0, changed, None, fresh, b""), seq)
             if peer is not None:
@@ -343,7 +348,9 @@ def _key(row: dict[str, Any]) -> tuple[str, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100000")
-    parser.add_argument("--keepers", default="product,product-f16,before," + ",".join(PEERS))
+    parser.add_argument(
+        "--keepers", default="product,product-index,product-f16,before," + ",".join(PEERS)
+    )
     parser.add_argument("--rounds", type=int, default=3, help="later rounds after round 0")
     parser.add_argument("--json", type=Path, default=Path("docs/results/round.json"))
     parser.add_argument("--markdown", type=Path, default=Path("docs/results/round.md"))

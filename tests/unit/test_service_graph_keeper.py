@@ -3,6 +3,7 @@ and snapshots that a restart loads (or rejects when damaged)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -90,9 +91,10 @@ def test_samples_without_embeddings_have_no_edges(tmp_path: Path) -> None:
     assert set(np.unique(update.graph.neighbors[0::2]).tolist()) <= set(ids.tolist())
 
 
+@pytest.mark.parametrize("keep_index", [False, True])
 @pytest.mark.parametrize("kind", ["brute", "hnsw"])
-def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
-    factory = make_index_factory(kind)
+def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str, keep_index: bool) -> None:
+    factory = dataclasses.replace(make_index_factory(kind), keep_index=keep_index)
     vectors = data(6)
     keeper = GraphKeeper(N, DIM, factory, tmp_path / "idx")
     ids = np.arange(N, dtype=np.int64)
@@ -104,7 +106,8 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
     assert loaded.graph is not None
     assert keeper.graph is not None
     np.testing.assert_array_equal(loaded.graph.neighbors, keeper.graph.neighbors)
-    # The loaded index answers queries like the saved one (it is the same index, not a rebuild).
+    # The loaded keeper answers queries like the saved one (the same index, or the same graph
+    # searching itself; not a rebuild).
     moved = np.array([7], dtype=np.int64)
     far = np.random.default_rng(9).normal(size=(1, DIM)).astype(np.float32)
     new = vectors.copy()
@@ -114,8 +117,14 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str) -> None:
     np.testing.assert_array_equal(a.graph.neighbors, b.graph.neighbors)
     other = make_index_factory("brute" if kind == "hnsw" else "hnsw")
     assert not GraphKeeper(N, DIM, other, tmp_path / "idx").load()  # another index kind
+    keeper.save(round_=1)
+    # Only a kept index is written; a dropped one leaves no folder behind.
+    assert len(list((tmp_path / "idx").glob("index-*"))) == (1 if keep_index else 0)
     for index_dir in (tmp_path / "idx").glob("index-*"):
         shutil.rmtree(index_dir)
+    if keep_index:
+        assert not GraphKeeper(N, DIM, factory, tmp_path / "idx").load()
+    (tmp_path / "idx" / "graph" / "neighbors.npy").unlink()
     assert not GraphKeeper(N, DIM, factory, tmp_path / "idx").load()
     assert not GraphKeeper(N + 1, DIM, factory, tmp_path / "other").load()
     keeper.delete()

@@ -65,6 +65,12 @@ class ServiceSettings(BaseSettings):
         description="below this sampled recall@k (and above the floor) a refresh joins every "
         "row once more instead of rebuilding (0: never)",
     )
+    graph_keep_index: bool = Field(
+        False,
+        description="keep the index a graph build used (hnswlib holds its own copy of every "
+        "vector, 1.16x the raw ones at d = 384) and re-query it for new and far-moved samples; "
+        "by default it is dropped and the graph searches itself",
+    )
     shards: int = Field(
         0,
         ge=0,

@@ -54,11 +54,13 @@ def make_index_factory(
     device: str = "cuda",
     recall_floor: float = 0.8,
     recall_target: float = 0.9,
+    keep_index: bool = False,
 ) -> IndexFactory:
     """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact; torch and
     faiss: exact on GRACE_INDEX_DEVICE, checked here so that a missing GPU fails at start), and
     how the graph keeper stores its vectors (GRACE_GRAPH_VECTORS) and the recall below which it
-    rebuilds (GRACE_GRAPH_RECALL_FLOOR), or joins every row again (GRACE_GRAPH_RECALL_TARGET)."""
+    rebuilds (GRACE_GRAPH_RECALL_FLOOR), or joins every row again (GRACE_GRAPH_RECALL_TARGET), and
+    whether it keeps the build's index for re-queries (GRACE_GRAPH_KEEP_INDEX)."""
     if kind in ("torch", "faiss"):
         from grace_selection.adapters.device_index import DeviceExactIndex, import_backend
 
@@ -72,7 +74,7 @@ def make_index_factory(
             return DeviceExactIndex.load(path, backend, device)
 
         return IndexFactory(
-            kind, create_exact, load_exact, vector_dtype, recall_floor, recall_target
+            kind, create_exact, load_exact, vector_dtype, recall_floor, recall_target, keep_index
         )
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
@@ -81,7 +83,13 @@ def make_index_factory(
             return BruteForceIndex(dim)
 
         return IndexFactory(
-            "brute", create_brute, BruteForceIndex.load, vector_dtype, recall_floor, recall_target
+            "brute",
+            create_brute,
+            BruteForceIndex.load,
+            vector_dtype,
+            recall_floor,
+            recall_target,
+            keep_index,
         )
     from grace_selection.adapters.hnsw_index import HnswNeighborIndex
 
@@ -89,7 +97,13 @@ def make_index_factory(
         return HnswNeighborIndex(dim)
 
     return IndexFactory(
-        "hnsw", create_hnsw, HnswNeighborIndex.load, vector_dtype, recall_floor, recall_target
+        "hnsw",
+        create_hnsw,
+        HnswNeighborIndex.load,
+        vector_dtype,
+        recall_floor,
+        recall_target,
+        keep_index,
     )
 
 
@@ -138,6 +152,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 device=settings.index_device,
                 recall_floor=settings.graph_recall_floor,
                 recall_target=settings.graph_recall_target,
+                keep_index=settings.graph_keep_index,
             ),
             Path(settings.data_dir),
             events=metrics,

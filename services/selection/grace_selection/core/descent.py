@@ -228,7 +228,7 @@ def _join_pass_numpy(
         sims = _similarities(vectors, block, cand)
         if current is not None:  # the rows' own entries, first in `cand`, as stored
             sims[:, :k] = np.where(nb[block] >= 0, current[block], -np.inf)
-        best[part], best_sims[part] = _best_k(block, cand, sims, k)
+        best[part], best_sims[part] = best_distinct(block, cand, sims, k)
         changed[part] = (np.sort(best[part], axis=1) != np.sort(nb[block], axis=1)).any(1)
     return best, best_sims, changed
 
@@ -318,7 +318,7 @@ def _similarities(
     return sims
 
 
-def _best_k(
+def best_distinct(
     block: IdArray, cand: IdArray, sims: npt.NDArray[np.float32], k: int
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
     """Each row's k best distinct candidates, best first; -1 / 0 pad a short row."""

@@ -3,9 +3,11 @@
 Only the round thread calls `update`; readers (the dashboard's neighbour lists) read `graph`,
 an immutable KnnGraph that is replaced whole, so a build never blocks or tears a read.
 
-Embeddings arrive at ingest time but enter the index only here, at round time: HTTP ingest
-costs storage alone. The first update builds the graph from the index; later ones refresh it
-in place (core.descent) and keep the index for what a local join cannot do:
+Embeddings arrive at ingest time but enter the graph only here, at round time: HTTP ingest
+costs storage alone. The first update builds the graph with an index (hnswlib, or exact
+search), and then drops the index: it holds its own copy of every vector (1.16x the raw ones
+at d = 384). Later updates refresh the graph in place (core.descent), and the graph answers
+what a local join cannot do itself (core.graph_search):
 - `vectors` holds the current unit vector of every sample in the graph: the one copy the
   refresh reads, and the anchor that drift is measured against (float32, or float16 to halve
   it: cosines move by ~1e-3, far below any useful tau);
@@ -25,16 +27,18 @@ in place (core.descent) and keep the index for what a local join cannot do:
 - after a refresh, recall@k is measured on 64 rows against exact search over `vectors`:
   below the target (0.9) every row is joined once more, below the floor (0.8) the graph is
   rebuilt from `vectors`;
-- a new sample is inserted into the index; it, and a sample that moved beyond tau and beyond
-  its radius, are re-queried (the answers re-ranked by `vectors`: the index keeps the places
-  samples had when they were inserted, since hnswlib updates a label ~8-16x slower than it
-  inserts one); when more than 6% of N are new, or more than a quarter of N need a query,
-  a fresh build from the stored embeddings is cheaper or more faithful.
+- a new sample, and a sample that moved beyond tau and beyond its radius, are searched for:
+  seeded from a random routing sample, then a walk over the graph (`IndexFactory.keep_index`
+  keeps the build's index and re-queries it instead, the answers re-ranked by `vectors`:
+  the index keeps the places samples had when they were inserted, since hnswlib updates a
+  label ~8-16x slower than it inserts one); when more than 6% of N are new, or more than a
+  quarter of N need a search, a fresh build from the stored embeddings is cheaper or more
+  faithful.
 
-The index and graph are snapshotted to `folder` after each round: `index-<seq>/` (the index's
-own snapshot) and `graph/` (graph, vectors and a meta naming the index folder), so a restart
-loads them instead of rebuilding; if they are missing or damaged, the next round rebuilds from
-the stored embeddings.
+The graph is snapshotted to `folder` after each round: `graph/` (graph, vectors and a meta),
+and `index-<seq>/` (the index's own snapshot) when the index is kept, so a restart loads them
+instead of rebuilding; if they are missing or damaged, the next round rebuilds from the
+stored embeddings.
 """
 
 from __future__ import annotations
@@ -52,14 +56,25 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_selection.adapters.ports import NeighborIndex
-from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
-from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges, rescore_edges
+from grace_selection.core.descent import join_rows, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
+from grace_selection.core.graph_search import search_rows
 from grace_selection.core.recall import sampled_recall
-from grace_selection.core.repair import find_relink_rows, realign, replace_rows
+from grace_selection.core.repair import find_relink_rows, realign
+from grace_selection.service.built_graph import (
+    BUILD_BLOCK,
+    BuiltGraph,
+    drift_distances,
+    empty_graph,
+    full_graph,
+    requery_rows,
+    unit_rows,
+    unit_rows_in_place,
+    upsert_rows,
+)
+from grace_selection.service.graph_snapshot import load_graph, save_graph
 
 log = logging.getLogger(__name__)
-_GRAPH_KIND = "grace-graph"
 # hnswlib updates an existing label ~16x slower than it inserts a new one (measured here:
 # 6000 x 32, 25 s to update all, 1.6 s to build afresh), so past ~1/16 of N to upsert a fresh
 # build from the stored embeddings is cheaper than updating in place.
@@ -71,9 +86,6 @@ _REBUILD_MOVED_SHARE = 0.06
 # counted re-queries too made the round benchmark's 1M later round rebuild (6.7% of N moved
 # beyond their radius, 100k: 4.5%) for a ~20-minute build.
 _REBUILD_QUERY_SHARE = 0.25
-# A re-query asks for this many more than k: the index ranks by the places samples had when
-# they were upserted, and the answers are re-ranked by their current vectors.
-_QUERY_SLACK = 2
 # A sample that moved by more than this share of its neighbourhood radius (the distance to its
 # k-th neighbour) gets its rows joined even below tau. Measured on the round benchmark's
 # drift model (10k x 384, rho 0.3, tau 0.1): recall@10 0.93 -> 0.99, 2.5x the joined samples.
@@ -84,11 +96,6 @@ _LIST_WIDTH = 2
 # same recall on the round benchmark at 100k), in one pass (a second added ~0.001 recall for
 # ~1.5x the time).
 _JOIN_ITERATIONS = 1
-# Rows normalised and inserted per step of a build (64k x 384 x 4 B = 96 MiB of scratch).
-_BUILD_BLOCK = 65536
-# Re-queried rows re-ranked per step: their answers' vectors, 8192 x 13 x 384 x 4 B = 156 MiB
-# (at 1M the benchmark re-queries ~69k rows: 1.3 GB gathered at once).
-_RERANK_BLOCK = 8192
 
 
 class RowSource(Protocol):
@@ -115,6 +122,10 @@ class IndexFactory:
     # Below this (and at or above the floor) every row is joined once more, then measured
     # again: a pass costs about what a round's joins do, a rebuild 30x that at 1M.
     recall_target: float = 0.9
+    # Keep the index after a build and answer re-queries from it. By default the build's
+    # index is dropped (it holds its own copy of every vector, 1.16x the raw ones at d = 384)
+    # and the graph answers them itself (core.graph_search).
+    keep_index: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,36 +145,13 @@ class GraphUpdate:
     recall: float | None = None
 
 
-@dataclass(slots=True, eq=False)
-class _Built:
-    """What exists once a graph was built: the index, the vectors in it and the graph."""
-
-    index: NeighborIndex
-    vectors: npt.NDArray[np.floating]  # (N, dim) current unit vector of each sample in the graph
-    in_index: npt.NDArray[np.bool_]  # (N,) in the graph (and in the index, maybe at an old place)
-    graph: KnnGraph  # (N, _LIST_WIDTH k): the keeper's own lists, best first
-    k: int  # the published width
-    published: KnnGraph | None = None  # the first k of each row; None until `publish`
-
-    def publish(self) -> KnnGraph:
-        """Cut the published graph from the lists (a copy: the selection wants C order)."""
-        graph = self.graph
-        if graph.k != self.k:
-            graph = KnnGraph(
-                np.ascontiguousarray(graph.neighbors[:, : self.k]),
-                np.ascontiguousarray(graph.similarities[:, : self.k]),
-            )
-        self.published = graph
-        return graph
-
-
 class GraphKeeper:
     def __init__(self, n: int, dim: int, factory: IndexFactory, folder: Path) -> None:
         self.n, self.dim = n, dim
         self.factory = factory
         self.folder = folder
         self.seq = 0  # the log seq of the newest embedding the graph reflects
-        self._built: _Built | None = None
+        self._built: BuiltGraph | None = None
         self._dirty = False  # changed since the last snapshot
         self._deleted = False
         self._files_lock = threading.Lock()  # save against delete
@@ -209,7 +197,7 @@ class GraphKeeper:
             rows = vectors[0 : ids.size]
             # A block the source copied for us (the job's rows) is normalised in place; a
             # view of the caller's array is copied first.
-            unit = _unit_in_place(
+            unit = unit_rows_in_place(
                 np.array(rows, np.float32, copy=True if rows.base is not None else None)
             )
             # The re-embedded (not new) rows: their old vectors are the keeper's.
@@ -266,7 +254,7 @@ class GraphKeeper:
 
     def _refresh(
         self,
-        built: _Built,
+        built: BuiltGraph,
         ids: npt.NDArray[np.int64],
         unit: npt.NDArray[np.float32],
         k: int,
@@ -285,7 +273,7 @@ class GraphKeeper:
             raise ValueError(
                 f"threshold: must be a cosine distance in [0, 2], got {drift_threshold!r}"
             )
-        distances = _drift(built.vectors, old_ids, unit[~new])  # (m,)
+        distances = drift_distances(built.vectors, old_ids, unit[~new])  # (m,)
         # Beyond the k-th neighbour's distance the old neighbourhood no longer holds the new
         # one, so a local join has nothing to start from; a row without edges has radius 0.
         last = graph.neighbors[old_ids, -1] if width else np.full(old_ids.size, NO_NEIGHBOR)
@@ -303,20 +291,24 @@ class GraphKeeper:
         moved[ids[new]] = True
         built.vectors[ids] = unit
         built.in_index[ids] = True
-        if np.any(new):
-            # Only new samples are inserted: hnswlib updates an existing label ~8-16x slower
-            # than it inserts, and a far-moved sample is found through its fresh query and
-            # the reverse edges; the index keeps its old place, re-ranked on every answer.
-            built.index.upsert(ids[new], unit[new])
+        rng = np.random.default_rng(seq)  # same inputs, same graph
         graph = rescore_edges(graph, built.vectors, moved)
-        graph = _requery(built, graph, query_ids, width)
+        if built.index is None:
+            graph = search_rows(graph, built.vectors, query_ids, built.in_index, rng, expand=k)
+        else:
+            if np.any(new):
+                # Only new samples are inserted: hnswlib updates an existing label ~8-16x
+                # slower than it inserts, and a far-moved sample is found through its fresh
+                # query and the reverse edges; the index keeps its old place, re-ranked on
+                # every answer.
+                built.index.upsert(ids[new], unit[new])
+            graph = requery_rows(built, graph, query_ids, width)
         # The rows around every node that moved beyond tau, or beyond a quarter of its own
         # radius (then its neighbours' order has changed whatever tau says, and a join costs
         # little): its own row and those that list it.
         joined = distances > np.minimum(drift_threshold, _JOIN_RADIUS_SHARE * radius)
         drifted = np.union1d(old_ids[joined], query_ids).astype(np.int64)
         drifted = drifted[built.in_index[drifted]]
-        rng = np.random.default_rng(seq)  # same inputs, same graph
         # First the drifted rows, from the rows of their first k neighbours; then every row
         # that lists one, from the rows of its first k / 2 (it reads the drifted rows fresh).
         # The second join is what keeps recall across rounds: each round it refreshes the
@@ -349,7 +341,7 @@ class GraphKeeper:
         return upserted, int(query_ids.size), int(drifted.size + around.size)
 
     def empty_graph(self, k: int) -> KnnGraph:
-        return _empty_graph(self.n, k)
+        return empty_graph(self.n, k)
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -358,68 +350,22 @@ class GraphKeeper:
         with self._files_lock:
             built = self._built
             if built is not None and self._dirty and not self._deleted:
-                self._save(built, round_)
+                save_graph(self.folder, built, self.factory.kind, self.seq, round_)
                 self._dirty = False
-
-    def _save(self, built: _Built, round_: int) -> None:
-        index_dir = self.folder / f"index-{self.seq}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        built.index.save(index_dir)
-        graph, vectors, in_index = built.graph, built.vectors, built.in_index
-
-        def write_files(folder: Path) -> None:
-            np.save(folder / "neighbors.npy", graph.neighbors)
-            np.save(folder / "similarities.npy", graph.similarities)
-            np.save(folder / "anchor.npy", vectors)  # the name older snapshots used
-            np.save(folder / "in_index.npy", in_index)
-
-        meta = {
-            "kind": _GRAPH_KIND,
-            "index_kind": self.factory.kind,
-            "index_dir": index_dir.name,
-            "seq": self.seq,
-            "round": round_,
-            "k": built.k,
-        }
-        write_snapshot(self.folder / "graph", meta, write_files)
-        for stale in self.folder.glob("index-*"):
-            if stale.name not in (index_dir.name, index_dir.name + ".old"):
-                shutil.rmtree(stale, ignore_errors=True)
 
     def load(self) -> bool:
         """Load the last snapshot; False (and a clean slate) if there is none or it is unusable."""
-        try:
-            meta, folder = read_snapshot_meta(self.folder / "graph", _GRAPH_KIND)
-            if meta["index_kind"] != self.factory.kind:
-                log.info("index kind changed to %s; the graph will be rebuilt", self.factory.kind)
-                return False
-            index = self.factory.load(self.folder / str(meta["index_dir"]))
-            graph = KnnGraph(
-                np.load(folder / "neighbors.npy"), np.load(folder / "similarities.npy")
-            )
-            vectors = np.load(folder / "anchor.npy").astype(self.factory.vector_dtype)
-            in_index = np.load(folder / "in_index.npy")
-        except FileNotFoundError:
+        loaded = load_graph(
+            self.folder,
+            self.factory.kind,
+            self.factory.load if self.factory.keep_index else None,
+            self.factory.vector_dtype,
+            self.n,
+            self.dim,
+        )
+        if loaded is None:
             return False
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning(
-                "index snapshot in %s is unusable (%s); it will be rebuilt", self.folder, exc
-            )
-            return False
-        if graph.n != self.n or vectors.shape != (self.n, self.dim) or index.dim != self.dim:
-            log.warning(
-                "index snapshot in %s does not fit the job; it will be rebuilt", self.folder
-            )
-            return False
-        # Snapshots from before the lists were wider hold k columns and no "k": the next
-        # update then finds the width wrong and rebuilds once.
-        k = int(meta.get("k", graph.k))
-        if not 0 <= k <= graph.k:
-            log.warning("index snapshot in %s names k=%d; it will be rebuilt", self.folder, k)
-            return False
-        self._built = _Built(index, vectors, in_index, graph, k)
-        self._built.publish()
-        self.seq = int(meta["seq"])
+        self._built, self.seq = loaded
         return True
 
     def delete(self) -> None:
@@ -427,24 +373,27 @@ class GraphKeeper:
             self._deleted = True
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _rebuild(self, ids: npt.NDArray[np.int64], vectors: RowSource, k: int) -> _Built:
+    def _rebuild(self, ids: npt.NDArray[np.int64], vectors: RowSource, k: int) -> BuiltGraph:
         """A fresh index and graph; the vectors are normalised block by block, so that the
         build holds no second full-size copy of them."""
-        built = _Built(
-            index=self.factory.create(self.dim),
+        index = self.factory.create(self.dim)
+        built = BuiltGraph(
+            index=index,
             vectors=np.zeros((self.n, self.dim), dtype=self.factory.vector_dtype),
             in_index=np.zeros(self.n, dtype=bool),
-            graph=_empty_graph(self.n, _LIST_WIDTH * k),
+            graph=empty_graph(self.n, _LIST_WIDTH * k),
             k=k,
         )
-        for start in range(0, ids.size, _BUILD_BLOCK):
-            block = slice(start, start + _BUILD_BLOCK)
-            _upsert(built, ids[block], _unit(vectors[block]))
-        built.graph = _full_graph(built, self.n, _LIST_WIDTH * k)
+        for start in range(0, ids.size, BUILD_BLOCK):
+            block = slice(start, start + BUILD_BLOCK)
+            upsert_rows(index, built, ids[block], unit_rows(vectors[block]))
+        built.graph = full_graph(index, built, self.n, _LIST_WIDTH * k)
+        if not self.factory.keep_index:
+            built.index = None
         return built
 
 
-def _join_all(built: _Built, k: int, seq: int) -> KnnGraph:
+def _join_all(built: BuiltGraph, k: int, seq: int) -> KnnGraph:
     """One pass of local joins over every row (NN-descent's step): rows that drifted in a
     little at a time, never far enough to be joined, find their neighbours again."""
     rows = np.flatnonzero(built.in_index).astype(np.int64)
@@ -458,102 +407,4 @@ def _join_all(built: _Built, k: int, seq: int) -> KnnGraph:
         iterations=1,
         expand=max(1, k // 2),
         current=True,
-    )
-
-
-def _empty_graph(n: int, k: int) -> KnnGraph:
-    return KnnGraph(np.full((n, k), NO_NEIGHBOR, dtype=np.int32), np.zeros((n, k), np.float32))
-
-
-def _upsert(built: _Built, ids: npt.NDArray[np.int64], unit: npt.NDArray[np.float32]) -> None:
-    if ids.size:
-        built.index.upsert(ids, unit)
-        built.vectors[ids] = unit
-        built.in_index[ids] = True
-
-
-def _full_graph(built: _Built, n: int, k: int) -> KnnGraph:
-    if len(built.index) == 0:
-        return _empty_graph(n, k)
-    graph = built.index.knn_graph(k, built.vectors)
-    if graph.n == n:
-        return graph
-    # The index knows ids up to its largest one only; samples beyond have no edges yet.
-    padded = _empty_graph(n, k)
-    padded.neighbors[: graph.n] = graph.neighbors
-    padded.similarities[: graph.n] = graph.similarities
-    return padded
-
-
-def _requery(built: _Built, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int) -> KnnGraph:
-    """Re-query `rows` (already upserted), re-rank the answers by the current vectors, and let
-    each row's new edges enter the rows they name (reverse edges)."""
-    if rows.size == 0 or k == 0:
-        return graph
-    query = built.vectors[rows].astype(np.float32)  # (m, dim)
-    found, _ = built.index.query(query, k + 1 + _QUERY_SLACK)  # (m, k + 1 + slack)
-    real = found >= 0
-    cand = np.where(real, found, 0)
-    sims = np.empty(cand.shape, dtype=np.float32)
-    for start in range(0, rows.size, _RERANK_BLOCK):  # (block, k + 1 + slack, dim) at a time
-        part = slice(start, start + _RERANK_BLOCK)
-        gathered = built.vectors[cand[part]].astype(np.float32, copy=False)
-        sims[part] = np.einsum("md,mcd->mc", query[part], gathered)
-    sims = np.where(real & built.in_index[cand], sims, -np.inf).astype(np.float32)
-    order = np.argsort(-sims, axis=1, kind="stable")
-    neighbors, similarities = _drop_self(
-        rows, np.take_along_axis(found, order, axis=1), np.take_along_axis(sims, order, axis=1), k
-    )
-    graph = replace_rows(graph, rows, neighbors, similarities)
-    nb, sim = graph.neighbors.copy(), graph.similarities.copy()
-    merge_edges(
-        nb, sim, nb[rows].reshape(-1).astype(np.int64), np.repeat(rows, k), sim[rows].reshape(-1)
-    )
-    return KnnGraph(nb, sim)
-
-
-def _drift(
-    vectors: npt.NDArray[np.floating],
-    ids: npt.NDArray[np.int64],
-    unit: npt.NDArray[np.float32],
-) -> npt.NDArray[np.float32]:
-    """(m,) cosine distance of each ids[i]'s stored unit vector to unit[i], block by block
-    (the stored rows are gathered a block at a time, not all at once)."""
-    out = np.empty(ids.size, dtype=np.float32)
-    for start in range(0, ids.size, _BUILD_BLOCK):
-        part = slice(start, start + _BUILD_BLOCK)
-        out[part] = measure_unit_drift(vectors[ids[part]], unit[part])
-    return out
-
-
-def _unit_in_place(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    for start in range(0, vectors.shape[0], _BUILD_BLOCK):
-        block = vectors[start : start + _BUILD_BLOCK]
-        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-    return vectors
-
-
-def _unit(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    norms = np.linalg.norm(vectors.astype(np.float32, copy=False), axis=1, keepdims=True)
-    out: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
-
-
-def _drop_self(
-    rows: npt.NDArray[np.int64],
-    found: npt.NDArray[np.int64],
-    sims: npt.NDArray[np.float32],
-    k: int,
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-    """Each row's k best results other than itself (the query asked for k + 1)."""
-    is_self = found == rows[:, None]
-    no_self = ~is_self.any(axis=1)
-    is_self[no_self, -1] = True  # self not found (approximate search): drop the worst instead
-    keep = ~is_self
-    neighbors = found[keep].reshape(rows.shape[0], -1)[:, :k]
-    similarities = sims[keep].reshape(rows.shape[0], -1)[:, :k]
-    valid = (neighbors >= 0) & np.isfinite(similarities)
-    return (
-        np.where(valid, neighbors, NO_NEIGHBOR).astype(np.int32),
-        np.where(valid, similarities, 0.0).astype(np.float32),
     )

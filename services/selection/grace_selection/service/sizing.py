@@ -23,21 +23,24 @@ _ARRAY_BYTES = 4 + 4 + 4 + 8 + 8 + 12
 # keeps no second copy).
 _INDEX_BYTES = 200
 _INDEX_BYTES_PER_DIM = 4
+# Rows a graph build normalises and inserts at a time (service.graph_keeper).
+_BUILD_BLOCK_ROWS = 65536
 
 
 def estimate_job_bytes(n: int, dim: int, k: int) -> int:
     """Bytes a job of n samples of dim, with a k-NN graph of k, holds at its peak.
 
-    The embeddings (f4), the graph keeper's unit vectors (f4 by default; GRACE_GRAPH_VECTORS=
-    float16 halves them, the estimate stays at f4), the index, the graph (i4 + f4 per edge,
-    old and new during a swap), and a rebuild's copy of the embedded rows (it normalises
-    them block by block).
+    The peak is a graph build: the embeddings (f4), the graph keeper's unit vectors (f4 by
+    default; GRACE_GRAPH_VECTORS=float16 halves them, the estimate stays at f4), the index
+    (dropped once the graph is built, unless GRACE_GRAPH_KEEP_INDEX), the graph (i4 + f4 per
+    edge: the keeper's 2k-wide lists, a refresh's copy of them and the published k), and the
+    block of rows the build normalises at a time.
     """
     embeddings = n * dim * 4
     keeper_vectors = n * dim * 4
     index = n * (_INDEX_BYTES + _INDEX_BYTES_PER_DIM * dim)
-    graph = 2 * n * k * 8
-    rebuild = embeddings
+    graph = 5 * n * k * 8
+    rebuild = min(n, _BUILD_BLOCK_ROWS) * dim * 4
     return embeddings + keeper_vectors + index + graph + rebuild + n * _ARRAY_BYTES
 
 

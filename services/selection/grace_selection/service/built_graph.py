@@ -1,0 +1,157 @@
+"""A built k-NN graph and the steps of keeping it that touch its index or the raw rows.
+
+`BuiltGraph` is what exists once a graph was built: the keeper's lists (2k wide, best first),
+the unit vectors they were scored with, which samples they hold, and the build's index when
+it is kept (GRACE_GRAPH_KEEP_INDEX). The local joins that refresh it are core.descent's and
+core.graph_search's; the policy (what to join, search or rebuild) is service.graph_keeper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from grace_selection.adapters.ports import NeighborIndex
+from grace_selection.core.descent import measure_unit_drift, merge_edges
+from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
+from grace_selection.core.repair import replace_rows
+
+# A re-query asks for this many more than k: the index ranks by the places samples had when
+# they were upserted, and the answers are re-ranked by their current vectors.
+_QUERY_SLACK = 2
+# Rows normalised and inserted per step of a build (64k x 384 x 4 B = 96 MiB of scratch).
+BUILD_BLOCK = 65536
+# Re-queried rows re-ranked per step: their answers' vectors, 8192 x 13 x 384 x 4 B = 156 MiB
+# (at 1M the benchmark re-queries ~69k rows: 1.3 GB gathered at once).
+_RERANK_BLOCK = 8192
+
+
+@dataclass(slots=True, eq=False)
+class BuiltGraph:
+    """What exists once a graph was built: the index, the vectors in it and the graph."""
+
+    index: NeighborIndex | None  # None once dropped after the build (the usual case)
+    vectors: npt.NDArray[np.floating]  # (N, dim) current unit vector of each sample in the graph
+    in_index: npt.NDArray[np.bool_]  # (N,) in the graph (and in the index, maybe at an old place)
+    graph: KnnGraph  # (N, 2k): the keeper's own lists, best first
+    k: int  # the published width
+    published: KnnGraph | None = None  # the first k of each row; None until `publish`
+
+    def publish(self) -> KnnGraph:
+        """Cut the published graph from the lists (a copy: the selection wants C order)."""
+        graph = self.graph
+        if graph.k != self.k:
+            graph = KnnGraph(
+                np.ascontiguousarray(graph.neighbors[:, : self.k]),
+                np.ascontiguousarray(graph.similarities[:, : self.k]),
+            )
+        self.published = graph
+        return graph
+
+
+def empty_graph(n: int, k: int) -> KnnGraph:
+    return KnnGraph(np.full((n, k), NO_NEIGHBOR, dtype=np.int32), np.zeros((n, k), np.float32))
+
+
+def upsert_rows(
+    index: NeighborIndex,
+    built: BuiltGraph,
+    ids: npt.NDArray[np.int64],
+    unit: npt.NDArray[np.float32],
+) -> None:
+    if ids.size:
+        index.upsert(ids, unit)
+        built.vectors[ids] = unit
+        built.in_index[ids] = True
+
+
+def full_graph(index: NeighborIndex, built: BuiltGraph, n: int, k: int) -> KnnGraph:
+    if len(index) == 0:
+        return empty_graph(n, k)
+    graph = index.knn_graph(k, built.vectors)
+    if graph.n == n:
+        return graph
+    # The index knows ids up to its largest one only; samples beyond have no edges yet.
+    padded = empty_graph(n, k)
+    padded.neighbors[: graph.n] = graph.neighbors
+    padded.similarities[: graph.n] = graph.similarities
+    return padded
+
+
+def requery_rows(
+    built: BuiltGraph, graph: KnnGraph, rows: npt.NDArray[np.int64], k: int
+) -> KnnGraph:
+    """Re-query `rows` (already upserted), re-rank the answers by the current vectors, and let
+    each row's new edges enter the rows they name (reverse edges)."""
+    if rows.size == 0 or k == 0:
+        return graph
+    assert built.index is not None
+    query = built.vectors[rows].astype(np.float32)  # (m, dim)
+    found, _ = built.index.query(query, k + 1 + _QUERY_SLACK)  # (m, k + 1 + slack)
+    real = found >= 0
+    cand = np.where(real, found, 0)
+    sims = np.empty(cand.shape, dtype=np.float32)
+    for start in range(0, rows.size, _RERANK_BLOCK):  # (block, k + 1 + slack, dim) at a time
+        part = slice(start, start + _RERANK_BLOCK)
+        gathered = built.vectors[cand[part]].astype(np.float32, copy=False)
+        sims[part] = np.einsum("md,mcd->mc", query[part], gathered)
+    sims = np.where(real & built.in_index[cand], sims, -np.inf).astype(np.float32)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    neighbors, similarities = _drop_self(
+        rows, np.take_along_axis(found, order, axis=1), np.take_along_axis(sims, order, axis=1), k
+    )
+    graph = replace_rows(graph, rows, neighbors, similarities)
+    nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    merge_edges(
+        nb, sim, nb[rows].reshape(-1).astype(np.int64), np.repeat(rows, k), sim[rows].reshape(-1)
+    )
+    return KnnGraph(nb, sim)
+
+
+def drift_distances(
+    vectors: npt.NDArray[np.floating],
+    ids: npt.NDArray[np.int64],
+    unit: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """(m,) cosine distance of each ids[i]'s stored unit vector to unit[i], block by block
+    (the stored rows are gathered a block at a time, not all at once)."""
+    out = np.empty(ids.size, dtype=np.float32)
+    for start in range(0, ids.size, BUILD_BLOCK):
+        part = slice(start, start + BUILD_BLOCK)
+        out[part] = measure_unit_drift(vectors[ids[part]], unit[part])
+    return out
+
+
+def unit_rows_in_place(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    for start in range(0, vectors.shape[0], BUILD_BLOCK):
+        block = vectors[start : start + BUILD_BLOCK]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    return vectors
+
+
+def unit_rows(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    norms = np.linalg.norm(vectors.astype(np.float32, copy=False), axis=1, keepdims=True)
+    out: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+def _drop_self(
+    rows: npt.NDArray[np.int64],
+    found: npt.NDArray[np.int64],
+    sims: npt.NDArray[np.float32],
+    k: int,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """Each row's k best results other than itself (the query asked for k + 1)."""
+    is_self = found == rows[:, None]
+    no_self = ~is_self.any(axis=1)
+    is_self[no_self, -1] = True  # self not found (approximate search): drop the worst instead
+    keep = ~is_self
+    neighbors = found[keep].reshape(rows.shape[0], -1)[:, :k]
+    similarities = sims[keep].reshape(rows.shape[0], -1)[:, :k]
+    valid = (neighbors >= 0) & np.isfinite(similarities)
+    return (
+        np.where(valid, neighbors, NO_NEIGHBOR).astype(np.int32),
+        np.where(valid, similarities, 0.0).astype(np.float32),
+    )
