@@ -55,7 +55,7 @@ def test_new_samples_are_found_from_an_empty_row() -> None:
     truth = exact(vectors, present, K).neighbors
     assert recall(found.neighbors[new], truth[new], K) >= 0.95
     # Their edges were offered back: most old rows near a new sample now list it.
-    listed = np.isin(found.neighbors[: 3000], new).sum()
+    listed = np.isin(found.neighbors[:3000], new).sum()
     assert listed >= 0.8 * np.isin(truth, new).sum()
 
 
