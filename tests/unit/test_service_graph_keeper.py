@@ -18,6 +18,7 @@ from grace_selection.api.app import make_index_factory
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.recall import sampled_recall
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.settings import ServiceSettings
 
 N, DIM, K = 300, 12, 5
 
@@ -169,6 +170,33 @@ def test_a_snapshot_of_k_wide_lists_loads_and_is_rebuilt_once(tmp_path: Path) ->
     np.testing.assert_array_equal(update.graph.neighbors, exact_graph(vectors))
 
 
+def test_a_snapshot_with_an_index_loads_without_it_and_the_next_save_drops_it(
+    tmp_path: Path,
+) -> None:
+    """Snapshots made while the index was kept name its folder: a keeper that drops the index
+    loads the graph alone, refreshes by searching the graph, and removes the old folder."""
+    vectors = data(12)
+    kept = dataclasses.replace(FACTORY, keep_index=True)
+    ids = np.arange(N, dtype=np.int64)
+    old = GraphKeeper(N, DIM, kept, tmp_path)
+    old.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+    old.save(round_=0)
+    assert len(list(tmp_path.glob("index-*"))) == 1
+    loaded = GraphKeeper(N, DIM, FACTORY, tmp_path)
+    assert loaded.load()
+    assert loaded.graph is not None
+    assert old.graph is not None
+    np.testing.assert_array_equal(loaded.graph.neighbors, old.graph.neighbors)
+    moved = np.array([3, 9], dtype=np.int64)
+    new = vectors.copy()
+    new[moved] = np.random.default_rng(13).normal(size=(2, DIM))  # far: searched for
+    update = loaded.update(moved, new[moved], 2, K, 0.1, fail_fetch)
+    assert not update.rebuilt
+    np.testing.assert_array_equal(update.graph.neighbors[moved], exact_graph(new)[moved])
+    loaded.save(round_=1)
+    assert list(tmp_path.glob("index-*")) == []
+
+
 def test_refresh_keeps_recall_across_drifting_rounds(tmp_path: Path) -> None:
     """Rounds of rho = 0.3 re-embedding at tau = 0: small moves are joined, far ones
     re-queried; the graph stays close to the exact one over the current embeddings, without
@@ -301,3 +329,27 @@ def test_a_refresh_below_the_recall_target_joins_every_row_instead_of_rebuilding
     assert joined_all.joined == N
     assert joined_all.recall is not None
     assert joined_all.recall >= updates[0.0].recall
+
+
+def test_the_index_is_dropped_by_default_and_kept_by_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not ServiceSettings().graph_keep_index
+    monkeypatch.setenv("GRACE_GRAPH_KEEP_INDEX", "true")
+    settings = ServiceSettings()
+    assert settings.graph_keep_index
+    vectors = data(14)
+    for keep in (False, True):
+        factory = make_index_factory("hnsw", keep_index=keep)
+        keeper = keeper_with_factory(vectors, tmp_path / str(keep), factory)
+        keeper.save(round_=0)
+        assert len(list((tmp_path / str(keep)).glob("index-*"))) == int(keep)
+
+
+def keeper_with_factory(
+    vectors: npt.NDArray[np.float32], folder: Path, factory: IndexFactory
+) -> GraphKeeper:
+    keeper = GraphKeeper(N, DIM, factory, folder)
+    ids = np.arange(N, dtype=np.int64)
+    keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+    return keeper
