@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_selection.adapters.ports import NeighborIndex
+from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.descent import measure_unit_drift, merge_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.repair import replace_rows
@@ -125,16 +126,11 @@ def drift_distances(
 
 
 def unit_rows_in_place(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """`vectors` normalised a block at a time, so that no full-size copy is made."""
     for start in range(0, vectors.shape[0], BUILD_BLOCK):
         block = vectors[start : start + BUILD_BLOCK]
-        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        block[...] = normalize_rows(block)
     return vectors
-
-
-def unit_rows(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    norms = np.linalg.norm(vectors.astype(np.float32, copy=False), axis=1, keepdims=True)
-    out: npt.NDArray[np.float32] = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-    return out
 
 
 def _drop_self(

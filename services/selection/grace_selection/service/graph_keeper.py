@@ -56,6 +56,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_selection.adapters.ports import NeighborIndex
+from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.descent import join_rows, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.graph_search import search_rows
@@ -68,7 +69,6 @@ from grace_selection.service.built_graph import (
     empty_graph,
     full_graph,
     requery_rows,
-    unit_rows,
     unit_rows_in_place,
     upsert_rows,
 )
@@ -386,7 +386,9 @@ class GraphKeeper:
         )
         for start in range(0, ids.size, BUILD_BLOCK):
             block = slice(start, start + BUILD_BLOCK)
-            upsert_rows(index, built, ids[block], unit_rows(vectors[block]))
+            upsert_rows(
+                index, built, ids[block], normalize_rows(np.asarray(vectors[block], np.float32))
+            )
         built.graph = full_graph(index, built, self.n, _LIST_WIDTH * k)
         if not self.factory.keep_index:
             built.index = None
