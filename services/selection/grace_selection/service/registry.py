@@ -159,15 +159,18 @@ class SelectionService:
     def readiness(self) -> tuple[bool, dict[str, str]]:
         """(ready, named checks). Ready once the state is loaded and the store answers; a job
         that failed to load is listed (`job:<id>`) but does not keep the others from serving."""
-        state = "ok" if self._loaded.is_set() else "loading"
-        if self._waiting_for_store is not None:
-            state = f"loading: waiting for the store ({self._waiting_for_store})"
-        checks = {"state": state}
         try:
             self.store.ping()
-            checks["store"] = "ok"
+            store = "ok"
         except StoreError as exc:
-            checks["store"] = f"unreachable: {exc}"
+            store = f"unreachable: {exc}"
+        state = "ok" if self._loaded.is_set() else "loading"
+        waiting = self._waiting_for_store
+        if waiting is None and not self._loaded.is_set() and store != "ok":
+            waiting = store  # the loader's first try has not failed yet, but it will
+        if waiting is not None:
+            state = f"loading: waiting for the store ({waiting})"
+        checks = {"state": state, "store": store}
         ready = all(value == "ok" for value in checks.values())
         for job_id, failed in sorted(self._failed.items()):
             checks[f"job:{job_id}"] = f"failed to load: {failed.error}"
