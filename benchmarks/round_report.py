@@ -1,7 +1,8 @@
 """The tables of docs/results/round.md from the JSON that benchmarks/round.py writes.
 
-The prose around the tables (what was measured, the drift model, the verdicts) lives in
-`docs/results/round_notes.md` and is copied under the tables, so a re-run keeps it.
+The prose around the tables (what was measured, the drift model, the verdicts) lives beside
+the page as `<name>_notes.md` (`round_notes.md` for `round.md`) and is copied under the
+tables, so a re-run keeps it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             + " | ".join(cells)
             + f" | {row['peak_rss_mb']:.0f} ({ratio:.2f}x) |"
         )
-    notes = path.parent / "round_notes.md"
+    notes = path.with_name(f"{path.stem}_notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
