@@ -15,6 +15,7 @@ import pytest
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.api.app import make_index_factory
+from grace_selection.core import recall as recall_module
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.recall import sampled_recall
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
@@ -280,6 +281,27 @@ def test_sampled_recall_is_one_on_the_exact_graph_and_falls_with_damage() -> Non
     assert half is not None
     assert half > 0.95
     assert sampled_recall(exact, unit, np.zeros(N, dtype=np.bool_), seed=0) is None
+
+
+@pytest.mark.parametrize("block_rows", [7, 64, 100_000])
+def test_sampled_recall_over_blocks_and_gaps_is_the_brute_force_share(
+    monkeypatch: pytest.MonkeyPatch, block_rows: int
+) -> None:
+    # The exact search runs a block of rows at a time and merges each block's best k; rows
+    # without embeddings are never candidates, and a row is never its own neighbour.
+    monkeypatch.setattr(recall_module, "_BLOCK_ROWS", block_rows)
+    rng = np.random.default_rng(5)
+    unit = data(12)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    present = rng.random(N) < 0.8
+    listed = rng.integers(0, N, (N, K)).astype(np.int32)
+    got = sampled_recall(KnnGraph(listed, np.zeros((N, K), np.float32)), unit, present, 3, N)
+    ids = np.flatnonzero(present)
+    sims = unit[ids] @ unit[ids].T
+    np.fill_diagonal(sims, -np.inf)
+    true = ids[np.argsort(-sims, axis=1)[:, :K]]
+    expected = sum(np.intersect1d(t, listed[i]).size for i, t in zip(ids, true, strict=True))
+    assert got == pytest.approx(expected / (K * ids.size))
 
 
 @pytest.mark.parametrize("floor", [0.0, 1.0])

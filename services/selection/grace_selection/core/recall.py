@@ -44,12 +44,19 @@ def sampled_recall(
         cols = ids[lo : lo + _BLOCK_ROWS]
         block = vectors[lo : lo + cols.size] if dense else vectors[cols]
         sims = queries @ block.astype(np.float32, copy=False).T  # (rows, block)
-        sims[sample[:, None] == cols[None, :]] = -np.inf  # never a row's own neighbour
-        pool_ids = np.concatenate([best_ids, np.broadcast_to(cols, sims.shape)], axis=1)
-        pool_sims = np.concatenate([best_sims, sims], axis=1)
-        top = np.argpartition(-pool_sims, k - 1, axis=1)[:, :k]
-        best_ids = np.take_along_axis(pool_ids, top, axis=1)
-        best_sims = np.take_along_axis(pool_sims, top, axis=1)
+        # Never a row's own neighbour: cols is sorted, so each sampled row is found by search.
+        at = np.minimum(np.searchsorted(cols, sample), cols.size - 1)
+        own = np.flatnonzero(cols[at] == sample)
+        sims[own, at[own]] = -np.inf
+        # The block's best k of each row first, then merged with the best so far: the merge
+        # works on (rows, 2k), not on a copy of the whole block.
+        take = min(k, cols.size)
+        top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        pool_ids = np.concatenate([best_ids, cols[top]], axis=1)
+        pool_sims = np.concatenate([best_sims, np.take_along_axis(sims, top, axis=1)], axis=1)
+        keep = np.argpartition(-pool_sims, k - 1, axis=1)[:, :k]
+        best_ids = np.take_along_axis(pool_ids, keep, axis=1)
+        best_sims = np.take_along_axis(pool_sims, keep, axis=1)
     listed = graph.neighbors[sample]
     hits = sum(np.intersect1d(best_ids[i], listed[i]).size for i in range(sample.size))
     return float(hits) / float(k * sample.size)
