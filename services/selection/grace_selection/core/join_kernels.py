@@ -76,7 +76,7 @@ def _keep_best(
 
 
 @_jit_dot
-def _dots8(
+def _dots16(
     vectors: npt.NDArray[np.float32],
     u: int,
     cand: npt.NDArray[np.int64],
@@ -84,16 +84,20 @@ def _dots8(
     count: int,
     out: npt.NDArray[np.float32],
 ) -> None:
-    """out[:8] = cosines of u with cand[start:start + 8] (u itself past `count`). Eight rows
-    read side by side: a gathered row is a cache miss, and eight of them overlap (measured
-    here: 74 ns a dot against 158 ns one at a time, 1M x 384)."""
-    ids = np.empty(8, dtype=np.int64)
-    for i in range(8):
+    """out[:16] = cosines of u with cand[start:start + 16] (u itself past `count`). Sixteen
+    rows read side by side: a gathered row is a cache miss, and the reads overlap (measured
+    side by side, 1M x 384, random rows: 89 ns a dot eight at a time, 76 ns sixteen at a
+    time)."""
+    ids = np.empty(16, dtype=np.int64)
+    for i in range(16):
         ids[i] = cand[start + i] if start + i < count else u
     q = vectors[u]
     r0, r1, r2, r3 = vectors[ids[0]], vectors[ids[1]], vectors[ids[2]], vectors[ids[3]]
     r4, r5, r6, r7 = vectors[ids[4]], vectors[ids[5]], vectors[ids[6]], vectors[ids[7]]
+    r8, r9, r10, r11 = vectors[ids[8]], vectors[ids[9]], vectors[ids[10]], vectors[ids[11]]
+    r12, r13, r14, r15 = vectors[ids[12]], vectors[ids[13]], vectors[ids[14]], vectors[ids[15]]
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.float32(0.0)
     for j in range(q.shape[0]):
         x = q[j]
         a0 += x * r0[j]
@@ -104,8 +108,18 @@ def _dots8(
         a5 += x * r5[j]
         a6 += x * r6[j]
         a7 += x * r7[j]
+        b0 += x * r8[j]
+        b1 += x * r9[j]
+        b2 += x * r10[j]
+        b3 += x * r11[j]
+        b4 += x * r12[j]
+        b5 += x * r13[j]
+        b6 += x * r14[j]
+        b7 += x * r15[j]
     out[0], out[1], out[2], out[3] = a0, a1, a2, a3
     out[4], out[5], out[6], out[7] = a4, a5, a6, a7
+    out[8], out[9], out[10], out[11] = b0, b1, b2, b3
+    out[12], out[13], out[14], out[15] = b4, b5, b6, b7
 
 
 @compiled
@@ -147,7 +161,7 @@ def join_rows_pass(
     own_current = later or current
     seen = np.full(n, -1, dtype=np.int64)  # seen[c] == p: c is a candidate of rows[p]
     cand = np.empty(k + k * k + picks.shape[1], dtype=np.int64)
-    sims8 = np.empty(8, dtype=np.float32)
+    sims16 = np.empty(16, dtype=np.float32)
     best_ids = np.empty(k, dtype=np.int64)
     best_sims = np.empty(k, dtype=np.float32)
     for p in range(rows.shape[0]):
@@ -184,10 +198,10 @@ def join_rows_pass(
                 seen[c] = p
                 cand[m] = c
                 m += 1
-        for g in range(0, m, 8):
-            _dots8(vectors, u, cand, g, m, sims8)
-            for i in range(min(8, m - g)):
-                count = _keep_best(best_ids, best_sims, count, cand[g + i], sims8[i])
+        for g in range(0, m, 16):
+            _dots16(vectors, u, cand, g, m, sims16)
+            for i in range(min(16, m - g)):
+                count = _keep_best(best_ids, best_sims, count, cand[g + i], sims16[i])
         differs = False
         for t in range(k):
             if t < count:
