@@ -37,8 +37,10 @@ def exact_graph(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
     return index.knn_graph(K).neighbors
 
 
-def keeper_with(vectors: npt.NDArray[np.float32], folder: Path) -> GraphKeeper:
-    keeper = GraphKeeper(N, DIM, FACTORY, folder)
+def keeper_with(
+    vectors: npt.NDArray[np.float32], folder: Path, factory: IndexFactory | None = None
+) -> GraphKeeper:
+    keeper = GraphKeeper(N, DIM, FACTORY if factory is None else factory, folder)
     ids = np.arange(N, dtype=np.int64)
     keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
     return keeper
@@ -363,15 +365,6 @@ def test_the_index_is_dropped_by_default_and_kept_by_setting(
     vectors = data(14)
     for keep in (False, True):
         factory = make_index_factory("hnsw", keep_index=keep)
-        keeper = keeper_with_factory(vectors, tmp_path / str(keep), factory)
+        keeper = keeper_with(vectors, tmp_path / str(keep), factory)
         keeper.save(round_=0)
         assert len(list((tmp_path / str(keep)).glob("index-*"))) == int(keep)
-
-
-def keeper_with_factory(
-    vectors: npt.NDArray[np.float32], folder: Path, factory: IndexFactory
-) -> GraphKeeper:
-    keeper = GraphKeeper(N, DIM, factory, folder)
-    ids = np.arange(N, dtype=np.int64)
-    keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
-    return keeper
