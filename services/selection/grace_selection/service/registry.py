@@ -164,9 +164,10 @@ class SelectionService:
             store = "ok"
         except StoreError as exc:
             store = f"unreachable: {exc}"
-        state = "ok" if self._loaded.is_set() else "loading"
+        loaded = self._loaded.is_set()  # read once: the loader may finish meanwhile
+        state = "ok" if loaded else "loading"
         waiting = self._waiting_for_store
-        if waiting is None and not self._loaded.is_set() and store != "ok":
+        if waiting is None and not loaded and store != "ok":
             waiting = store  # the loader's first try has not failed yet, but it will
         if waiting is not None:
             state = f"loading: waiting for the store ({waiting})"
