@@ -154,6 +154,12 @@ def main(url: str, job: str, out_dir: str) -> None:
     if resumed.grace_sampler is not None:
         resumed.grace_sampler.close()
     (out / f"rank{result['rank']}.json").write_text(json.dumps(result))
+    # Tear the process group down before the interpreter does: left to exit, its gloo threads
+    # can be destroyed while joinable and abort a rank (seen once in CI-like runs: SIGABRT,
+    # "terminate called without an active exception", after both ranks had finished).
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
