@@ -157,6 +157,10 @@ def project_for_map(
     return ids[rows].astype(np.int64), apply_projection(shown, projection)
 
 
+# Up to this many times the sketch's width, the dimensions are few enough for an exact SVD.
+_EXACT_MAX_FACTOR = 4
+
+
 def _top_right_singular_vectors(
     centred: npt.NDArray[np.float64],
     rank: int,
@@ -164,7 +168,8 @@ def _top_right_singular_vectors(
     power_iterations: int,
     rng: np.random.Generator,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Randomized SVD of (m, dim) `centred`: the top right singular vectors (dim, r), r <= rank.
+    """Randomized SVD of (m, dim) `centred` (exact for few dims): the top right singular
+    vectors (dim, r), r <= rank.
 
     Works on the transpose's range so the random test matrix is (m, l), not (dim, l): the
     sketch Y = A^T G spans the top right singular vectors directly.
@@ -173,13 +178,18 @@ def _top_right_singular_vectors(
     width = min(rank + oversample, m, dim)
     if width == 0:
         return np.zeros((dim, 0)), np.zeros(0)
-    sketch = centred.T @ rng.standard_normal((m, width))  # (dim, l)
-    basis, _ = np.linalg.qr(sketch)
-    # Power iterations sharpen the spectrum; re-orthonormalising each step keeps the small
-    # singular directions from being lost to rounding (the paper's Algorithm 4.4).
-    for _ in range(power_iterations):
-        left, _ = np.linalg.qr(centred @ basis)  # (m, l)
-        basis, _ = np.linalg.qr(centred.T @ left)  # (dim, l)
+    if dim <= _EXACT_MAX_FACTOR * width:
+        # Few dimensions: the exact SVD costs about what the sketch does, and a sketch of a
+        # flat spectrum (near-equal singular values) can miss the top two by a little.
+        basis = np.eye(dim)
+    else:
+        sketch = centred.T @ rng.standard_normal((m, width))  # (dim, l)
+        basis, _ = np.linalg.qr(sketch)
+        # Power iterations sharpen the spectrum; re-orthonormalising each step keeps the
+        # small singular directions from being lost to rounding (the paper's Algorithm 4.4).
+        for _ in range(power_iterations):
+            left, _ = np.linalg.qr(centred @ basis)  # (m, l)
+            basis, _ = np.linalg.qr(centred.T @ left)  # (dim, l)
     small = centred @ basis  # (m, l): A restricted to the sketched subspace
     _, singular, vt = np.linalg.svd(small, full_matrices=False)
     keep = min(rank, int(np.count_nonzero(singular > singular[0] * 1e-10)) if singular.size else 0)
