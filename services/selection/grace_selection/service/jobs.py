@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from grace_proto.models import CheckpointInfo, IngestResponse, JobResponse, JobStatus
+from grace_proto.models import (
+    CheckpointInfo,
+    CheckpointRequest,
+    IngestResponse,
+    JobResponse,
+    JobStatus,
+)
 from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import compute_checksum
 from grace_selection.service.batches import Batch, ScoreBatch, find_duplicate
@@ -22,9 +28,10 @@ from grace_selection.service.errors import (
     ConflictError,
     InsufficientMemoryError,
     InvalidInputError,
+    NotFoundError,
     UnknownJobError,
 )
-from grace_selection.service.lifecycle import RoundLifecycle
+from grace_selection.service.lifecycle import RoundLifecycle, get_utc_now
 from grace_selection.service.projection_cache import ProjectionCache
 from grace_selection.service.rounds import Body
 from grace_selection.service.sharded_keeper import JobKeeper
@@ -183,3 +190,41 @@ class Job:
 
     def checkpoint_from(self, raw: bytes | None) -> None:
         self.checkpoint = None if raw is None else CheckpointInfo.model_validate_json(raw)
+
+    def put_checkpoint(self, request: CheckpointRequest, store: ScoreStore) -> CheckpointInfo:
+        """Record the trainer's newest checkpoint (stored first), which warm-up answers carry."""
+        info = CheckpointInfo(
+            path=request.path, step=request.step, round=request.round, published_at=get_utc_now()
+        )
+        with self.lock:
+            self.check_alive()
+            store.put_document(self.job_id, CHECKPOINT_DOCUMENT, info.model_dump_json().encode())
+            self.checkpoint = info
+            self.clear_warmup_bodies()
+        return info
+
+    def require_checkpoint(self) -> CheckpointInfo:
+        if self.checkpoint is None:
+            raise NotFoundError(
+                f"job {self.job_id!r} has no checkpoint yet; PUT one to .../checkpoint",
+                field="checkpoint",
+                code="no_checkpoint",
+            )
+        return self.checkpoint
+
+    def check_has_inputs(self) -> None:
+        """Refuse a round before any score or embedding arrived: it would have nothing to use.
+        Embeddings alone are enough: a first round can select on the graph (diversity,
+        sampling) and learn its scores from what the trainer reports."""
+        if (
+            not np.isfinite(self.arrays.importance).any()
+            and not np.isfinite(self.arrays.loss).any()
+            and not self.arrays.embedding_seq.any()
+        ):
+            raise ConflictError(
+                "no scores or embeddings yet: POST embeddings or importance/loss to "
+                ".../embeddings or .../scores (round 0 is the warm-up: GET "
+                ".../rounds/0/rescore lists every sample) before a round",
+                field="scores",
+                code="no_scores",
+            )

@@ -9,11 +9,14 @@ hide itself: it is kept as a `FailedJob`, listed on /readyz and GET /v1/jobs, re
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from grace_selection.adapters.ports import ScoreStore
+from grace_selection.adapters.store_records import StoreError
 from grace_selection.service.batches import parse_batch
-from grace_selection.service.errors import JobFailedError
+from grace_selection.service.errors import JobFailedError, NotReadyError
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
 from grace_selection.service.sharded_keeper import JobKeeper
 from grace_selection.service.specs import JobSpec
@@ -66,3 +69,53 @@ def describe_failure(exc: BaseException) -> str:
     """One line for /readyz and the job list (the traceback is in the log)."""
     text = " ".join(str(exc).split())  # pydantic's messages span lines
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+class StartupLoad:
+    """Whether the service has read its jobs back yet, which failed, and what it waits for.
+
+    `run` calls the loader until it gets past the store: while the store is unreachable (Redis
+    often starts after the service) it retries with a capped backoff, and `state` says why.
+    """
+
+    def __init__(self) -> None:
+        self.loaded = threading.Event()
+        self.closing = threading.Event()
+        self.failed: dict[str, FailedJob] = {}
+        self._waiting_for_store: str | None = None
+
+    def run(self, load_all: Callable[[], dict[str, FailedJob]]) -> None:
+        """Call `load_all` (which returns the jobs that failed) until the store lets it finish,
+        or until `close`; either way, the service counts as loaded afterwards."""
+        delay = 0.5
+        try:
+            while not self.closing.is_set():
+                try:
+                    self.failed = load_all()
+                    return
+                except StoreError as exc:
+                    self._waiting_for_store = str(exc)
+                    log.warning("the store is unreachable, retrying in %.1f s: %s", delay, exc)
+                    self.closing.wait(delay)
+                    delay = min(2 * delay, 10.0)
+        finally:
+            self._waiting_for_store = None
+            self.loaded.set()
+
+    def close(self, timeout: float = 30) -> None:
+        self.closing.set()  # a loader still waiting for the store gives up
+        self.loaded.wait(timeout)
+
+    def state(self, store: str) -> str:
+        """/readyz's `state` check, given its `store` check ("ok" or why not)."""
+        loaded = self.loaded.is_set()  # read once: the loader may finish meanwhile
+        waiting = self._waiting_for_store
+        if waiting is None and not loaded and store != "ok":
+            waiting = store  # the loader's first try has not failed yet, but it will
+        if waiting is not None:
+            return f"loading: waiting for the store ({waiting})"
+        return "ok" if loaded else "loading"
+
+    def require_loaded(self) -> None:
+        if not self.loaded.is_set():
+            raise NotReadyError("the service is still loading its state; retry in a moment")

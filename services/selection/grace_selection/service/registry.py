@@ -37,8 +37,6 @@ from grace_selection.adapters.store_records import StoreError
 from grace_selection.service.batches import ScoreBatch, parse_batch, parse_score_json
 from grace_selection.service.errors import (
     ConflictError,
-    NotFoundError,
-    NotReadyError,
     RoundComputingError,
     UnknownJobError,
     UnknownRoundError,
@@ -47,9 +45,8 @@ from grace_selection.service.events import NoEvents, ServiceEvents
 from grace_selection.service.gauges import JobGauges, describe_gauges
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
 from grace_selection.service.inspection import describe_round, describe_sample, project
-from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
-from grace_selection.service.lifecycle import get_utc_now
-from grace_selection.service.loading import FailedJob, describe_failure, load_job
+from grace_selection.service.jobs import Job
+from grace_selection.service.loading import FailedJob, StartupLoad, describe_failure, load_job
 from grace_selection.service.resources import lower_thread_priority
 from grace_selection.service.round_changes import (
     TableExport,
@@ -99,10 +96,7 @@ class SelectionService:
             initializer=lower_thread_priority,
             initargs=(round_nice,),
         )
-        self._loaded = threading.Event()
-        self._closing = threading.Event()
-        self._waiting_for_store: str | None = None
-        self._failed: dict[str, FailedJob] = {}
+        self._startup = StartupLoad()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,22 +106,9 @@ class SelectionService:
         While the store is unreachable (Redis often starts after the service) this retries
         with a capped backoff; /readyz says "loading" until every job is back.
         """
-        delay = 0.5
-        try:
-            while not self._closing.is_set():
-                try:
-                    self._load_all()
-                    return
-                except StoreError as exc:
-                    self._waiting_for_store = str(exc)
-                    log.warning("the store is unreachable, retrying in %.1f s: %s", delay, exc)
-                    self._closing.wait(delay)
-                    delay = min(2 * delay, 10.0)
-        finally:
-            self._waiting_for_store = None
-            self._loaded.set()
+        self._startup.run(self._load_all)
 
-    def _load_all(self) -> None:
+    def _load_all(self) -> dict[str, FailedJob]:
         jobs: dict[str, Job] = {}
         failed: dict[str, FailedJob] = {}
         for job_id, raw in self.store.read_jobs().items():
@@ -143,11 +124,10 @@ class SelectionService:
                 failed[job_id] = FailedJob(job_id, describe_failure(exc))
         with self._jobs_lock:
             self._jobs.update(jobs)
-            self._failed = failed
+        return failed
 
     def close(self) -> None:
-        self._closing.set()  # a loader still waiting for the store gives up
-        self._loaded.wait(30)
+        self._startup.close()
         self._rounds.shutdown(wait=True, cancel_futures=True)
         with self._jobs_lock:
             jobs = list(self._jobs.values())
@@ -164,16 +144,10 @@ class SelectionService:
             store = "ok"
         except StoreError as exc:
             store = f"unreachable: {exc}"
-        loaded = self._loaded.is_set()  # read once: the loader may finish meanwhile
-        state = "ok" if loaded else "loading"
-        waiting = self._waiting_for_store
-        if waiting is None and not loaded and store != "ok":
-            waiting = store  # the loader's first try has not failed yet, but it will
-        if waiting is not None:
-            state = f"loading: waiting for the store ({waiting})"
+        state = self._startup.state(store)
         checks = {"state": state, "store": store}
         ready = all(value == "ok" for value in checks.values())
-        for job_id, failed in sorted(self._failed.items()):
+        for job_id, failed in sorted(self._startup.failed.items()):
             checks[f"job:{job_id}"] = f"failed to load: {failed.error}"
         return ready, checks
 
@@ -185,20 +159,19 @@ class SelectionService:
         no I/O, so /metrics can read it on the event loop."""
         with self._jobs_lock:
             jobs = sorted(self._jobs.values(), key=lambda j: j.job_id)
-            failed = len(self._failed)
+            failed = len(self._startup.failed)
         return [g for g in map(describe_gauges, jobs) if g is not None], failed
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
-        return self._loaded.wait(timeout)
+        return self._startup.loaded.wait(timeout)
 
     # -- jobs ------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> Job:
-        if not self._loaded.is_set():
-            raise NotReadyError("the service is still loading its state; retry in a moment")
+        self._startup.require_loaded()
         job = self._jobs.get(job_id)
         if job is None:
-            failed = self._failed.get(job_id)
+            failed = self._startup.failed.get(job_id)
             if failed is not None:
                 raise failed.refusal()
             raise UnknownJobError(
@@ -209,12 +182,11 @@ class SelectionService:
 
     def create_job(self, request: CreateJobRequest) -> tuple[JobResponse, bool]:
         """(the job, True if it was created now); an identical re-create is a no-op."""
-        if not self._loaded.is_set():
-            raise NotReadyError("the service is still loading its state; retry in a moment")
+        self._startup.require_loaded()
         spec = JobSpec.new(request)
         with self._jobs_lock:
             existing = self._jobs.get(request.job_id)
-            failed = self._failed.get(request.job_id)
+            failed = self._startup.failed.get(request.job_id)
             if failed is not None:
                 raise failed.refusal()
             if existing is None:
@@ -240,18 +212,17 @@ class SelectionService:
         return self.job(job_id).response()
 
     def list_jobs(self) -> JobListResponse:
-        if not self._loaded.is_set():
-            raise NotReadyError("the service is still loading its state; retry in a moment")
+        self._startup.require_loaded()
         with self._jobs_lock:
             jobs = sorted(self._jobs.values(), key=lambda j: j.job_id)
-            failed = [self._failed[job_id] for job_id in sorted(self._failed)]
+            failed = [self._startup.failed[job_id] for job_id in sorted(self._startup.failed)]
         return JobListResponse(
             jobs=[job.response() for job in jobs],
             failed=[FailedJobResponse(job_id=f.job_id, error=f.error) for f in failed],
         )
 
     def delete_job(self, job_id: str) -> None:
-        if job_id in self._failed and self._loaded.is_set():
+        if job_id in self._startup.failed and self._startup.loaded.is_set():
             self._delete_failed(job_id)
             return
         job = self.job(job_id)
@@ -268,7 +239,7 @@ class SelectionService:
         self.store.delete_job(job_id)
         shutil.rmtree(self.data_dir / "indexes" / job_id, ignore_errors=True)
         with self._jobs_lock:
-            self._failed.pop(job_id, None)
+            self._startup.failed.pop(job_id, None)
         log.info("deleted job %s, which had failed to load", job_id)
 
     # -- ingest ----------------------------------------------------------------------------
@@ -321,20 +292,7 @@ class SelectionService:
             job.check_alive()
             if job.rounds.computing is not None:
                 return job.rounds.computing
-            # Embeddings alone are enough: a first round can select on the graph (diversity,
-            # sampling) and learn its scores from what the trainer reports.
-            if (
-                not np.isfinite(job.arrays.importance).any()
-                and not np.isfinite(job.arrays.loss).any()
-                and not job.arrays.embedding_seq.any()
-            ):
-                raise ConflictError(
-                    "no scores or embeddings yet: POST embeddings or importance/loss to "
-                    ".../embeddings or .../scores (round 0 is the warm-up: GET "
-                    ".../rounds/0/rescore lists every sample) before a round",
-                    field="scores",
-                    code="no_scores",
-                )
+            job.check_has_inputs()
             seed = job.spec.request.seed
             if request is not None and request.seed is not None:
                 seed = request.seed
@@ -421,26 +379,10 @@ class SelectionService:
     # -- checkpoint ------------------------------------------------------------------------
 
     def put_checkpoint(self, job_id: str, request: CheckpointRequest) -> CheckpointInfo:
-        job = self.job(job_id)
-        info = CheckpointInfo(
-            path=request.path, step=request.step, round=request.round, published_at=get_utc_now()
-        )
-        with job.lock:
-            job.check_alive()
-            self.store.put_document(job_id, CHECKPOINT_DOCUMENT, info.model_dump_json().encode())
-            job.checkpoint = info
-            job.clear_warmup_bodies()
-        return info
+        return self.job(job_id).put_checkpoint(request, self.store)
 
     def get_checkpoint(self, job_id: str) -> CheckpointInfo:
-        job = self.job(job_id)
-        if job.checkpoint is None:
-            raise NotFoundError(
-                f"job {job_id!r} has no checkpoint yet; PUT one to .../checkpoint",
-                field="checkpoint",
-                code="no_checkpoint",
-            )
-        return job.checkpoint
+        return self.job(job_id).require_checkpoint()
 
     # -- internals -------------------------------------------------------------------------
 
