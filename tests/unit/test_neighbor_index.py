@@ -123,3 +123,44 @@ def test_brute_force_graph_is_exact(n: int, k: int, seed: int) -> None:
     best = -np.sort(-sims, axis=1)[:, : min(k, n - 1)]
     np.testing.assert_allclose(graph.similarities[:, : best.shape[1]], best, atol=1e-5)
     assert (graph.neighbors[:, best.shape[1] :] == -1).all()
+
+
+def test_graph_from_answers_is_the_same_in_blocks_of_any_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Converting raw answers block by block (to bound the transients) changes no entry, for
+    int32 or int64 ids, rows whose own id is missing, -1 pads and absent rows."""
+    from grace_selection.adapters import knn
+
+    rng = np.random.default_rng(3)
+    n, width = 1000, 6
+    others = np.stack([rng.permutation(n - 1)[:width] for _ in range(n)]).astype(np.int64)
+    ids = others + (others >= np.arange(n)[:, None])  # distinct ids, none the row's own
+    has_self = rng.random(n) < 0.8
+    ids[has_self, rng.integers(0, width, n)[has_self]] = np.flatnonzero(has_self)
+    ids[rng.random((n, width)) < 0.05] = -1
+    sims = np.sort(rng.random((n, width), dtype=np.float32), axis=1)[:, ::-1].copy()
+    present = rng.random(n) < 0.9
+
+    def reference(row: int) -> tuple[list[int], list[float]]:
+        own = [j for j in range(width) if ids[row, j] == row]
+        drop = own[0] if own else width - 1
+        kept = [j for j in range(width) if j != drop][:4]
+        if not present[row]:
+            return [-1] * 4, [0.0] * 4
+        return (
+            [int(ids[row, j]) if ids[row, j] >= 0 else -1 for j in kept],
+            [float(sims[row, j]) if ids[row, j] >= 0 else 0.0 for j in kept],
+        )
+
+    whole = knn.graph_from_neighbors(ids, sims, present, 4)
+    for block in (1, 7, 256):
+        monkeypatch.setattr(knn, "_GRAPH_BLOCK_ROWS", block)
+        for dtype in (np.int32, np.int64):
+            blocked = knn.graph_from_neighbors(ids.astype(dtype), sims, present, 4)
+            assert np.array_equal(blocked.neighbors, whole.neighbors)
+            assert np.array_equal(blocked.similarities, whole.similarities)
+    for row in range(n):
+        expect_ids, expect_sims = reference(row)
+        assert whole.neighbors[row].tolist() == expect_ids
+        assert np.allclose(whole.similarities[row], expect_sims)

@@ -27,28 +27,51 @@ def top_k_rows(
     return ids, best
 
 
+# Rows converted at a time: the boolean masks and gathered copies of a block stay a few MB, so
+# the graph costs its own (n, k) arrays and not several times their size in transients.
+_GRAPH_BLOCK_ROWS = 65_536
+
+
 def graph_from_neighbors(
-    ids: npt.NDArray[np.int64],
+    ids: npt.NDArray[np.integer],
     sims: npt.NDArray[np.float32],
     present: npt.NDArray[np.bool_],
     k: int,
 ) -> KnnGraph:
-    """Drop each row's own id (or its last entry when absent), pad absent rows with -1."""
+    """Drop each row's own id (or its last entry when absent), pad absent rows with -1.
+
+    ids, sims: (rows, w) answers of rows 0..rows-1, best first, -1 pad; rows <= present.size.
+    """
     n = present.shape[0]
-    rows = np.arange(ids.shape[0])[:, None]
-    is_self = ids == rows
-    # Where self is missing (duplicate vectors, approximate search), drop the worst entry.
-    no_self = ~is_self.any(axis=1)
-    is_self[no_self, -1] = True
-    keep = ~is_self
-    neighbors = ids[keep].reshape(ids.shape[0], ids.shape[1] - 1)[:, :k]
-    similarities = sims[keep].reshape(ids.shape[0], ids.shape[1] - 1)[:, :k]
-    neighbors = np.where(neighbors >= 0, neighbors, -1)
-    similarities = np.where(neighbors >= 0, similarities, 0.0)
-    neighbors[~present[: ids.shape[0]]] = -1
-    similarities[~present[: ids.shape[0]]] = 0.0
     graph_ids = np.full((n, k), -1, dtype=np.int32)
     graph_sims = np.zeros((n, k), dtype=np.float32)
-    graph_ids[: ids.shape[0]] = neighbors
-    graph_sims[: ids.shape[0]] = np.clip(similarities, -1.0, 1.0)
+    for start in range(0, ids.shape[0], _GRAPH_BLOCK_ROWS):
+        stop = min(ids.shape[0], start + _GRAPH_BLOCK_ROWS)
+        graph_rows_into(ids[start:stop], sims[start:stop], start, graph_ids, graph_sims)
+        absent = ~present[start:stop]
+        graph_ids[start:stop][absent] = -1
+        graph_sims[start:stop][absent] = 0.0
     return KnnGraph(graph_ids, graph_sims)
+
+
+def graph_rows_into(
+    ids: npt.NDArray[np.integer],
+    sims: npt.NDArray[np.float32],
+    start: int,
+    graph_ids: npt.NDArray[np.int32],
+    graph_sims: npt.NDArray[np.float32],
+) -> None:
+    """Write rows start..start+len(ids) of a (n, k) graph from their (rows, w) answers: each
+    row's own id dropped (where it is missing, the worst entry), -1 / 0 where no neighbour."""
+    rows, width = ids.shape
+    k = graph_ids.shape[1]
+    is_self = ids == np.arange(start, start + rows)[:, None]
+    # Where self is missing (duplicate vectors, approximate search), drop the worst entry.
+    is_self[~is_self.any(axis=1), -1] = True
+    keep = ~is_self
+    take = min(k, width - 1)
+    neighbors = ids[keep].reshape(rows, width - 1)[:, :take]
+    similarities = sims[keep].reshape(rows, width - 1)[:, :take]
+    valid = neighbors >= 0
+    graph_ids[start : start + rows, :take] = np.where(valid, neighbors, -1)
+    graph_sims[start : start + rows, :take] = np.clip(np.where(valid, similarities, 0.0), -1, 1)

@@ -19,8 +19,9 @@ import numpy.typing as npt
 
 from grace_proto.usage import missing_extra
 from grace_selection.adapters.hnsw_index import HnswParams
+from grace_selection.adapters.knn import graph_rows_into
 from grace_selection.adapters.shard_worker import ShardWorker
-from grace_selection.adapters.sharded_index import BLOCK_ROWS, block_bounds, graph_from_merged
+from grace_selection.adapters.sharded_index import BLOCK_ROWS, block_bounds, empty_graph
 from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
@@ -97,8 +98,8 @@ class RayShardedIndex:
     def knn_graph(self, k: int) -> KnnGraph:
         if self._vectors_ref is None:
             raise RuntimeError("build the index before querying it")
-        ids = np.empty((self._n, k + 1), dtype=np.int64)
-        sims = np.empty((self._n, k + 1), dtype=np.float32)
+        # Each merged block goes straight into the (n, k) graph: no (n, k + 1) copy of the answers.
+        graph_ids, graph_sims = empty_graph(self._n, k)
         pending = list(block_bounds(self._n, self._block_rows))
         waiting: dict[Any, tuple[int, int, int]] = {}  # ref -> (block, shard, start)
         answers: dict[int, list[Any]] = {}
@@ -119,8 +120,8 @@ class RayShardedIndex:
                 a, b = bounds[block]
                 parts = answers.pop(block)
                 merged = merge_neighbor_lists([p[0] for p in parts], [p[1] for p in parts], k + 1)
-                ids[a:b], sims[a:b] = merged
-        return graph_from_merged(ids, sims, k)
+                graph_rows_into(*merged, a, graph_ids, graph_sims)
+        return KnnGraph(graph_ids, graph_sims)
 
     def select_parts(
         self,

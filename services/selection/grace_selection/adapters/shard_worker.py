@@ -66,6 +66,7 @@ class ShardWorker:
         self._local_sims = None
         self.seconds["load"] = time.perf_counter() - started
         self.seconds["load_cpu"] = time.process_time() - cpu
+        self.seconds["load_peak_mb"] = _memory_mb()["peak_rss_mb"]
         return count
 
     def query(
@@ -111,7 +112,7 @@ class ShardWorker:
         if self._local_ids is None or self._local_sims is None:
             raise RuntimeError("query every row of the matrix before asking for the local graph")
         present = np.ones(self._members.shape[0], dtype=np.bool_)
-        return graph_from_neighbors(self._local_ids.astype(np.int64), self._local_sims, present, k)
+        return graph_from_neighbors(self._local_ids, self._local_sims, present, k)
 
     def select(
         self,
@@ -140,23 +141,34 @@ class ShardWorker:
         return picks
 
     def _add_seconds(self, part: str, wall: float, cpu: float) -> None:
-        """Wall and CPU seconds (this process, all threads) summed per part of the work."""
+        """Wall and CPU seconds (this process, all threads) summed per part of the work, and
+        the process's peak memory so far when the part last ran."""
         self.seconds[part] = self.seconds.get(part, 0.0) + wall
         self.seconds[part + "_cpu"] = self.seconds.get(part + "_cpu", 0.0) + cpu
+        self.seconds[part + "_peak_mb"] = _memory_mb()["peak_rss_mb"]
 
     def report(self) -> dict[str, float]:
-        """Wall and CPU seconds per part of the work (load, query, select; CPU as `<part>_cpu`)
-        and this process's memory in MB: resident now and peak."""
-        memory = {"rss_mb": 0.0, "peak_rss_mb": 0.0}
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over a fork, so a forked Ray worker
-        # would report its parent's peak.
+        """Wall and CPU seconds per part of the work (load, query, select; CPU as `<part>_cpu`,
+        the peak RSS so far as `<part>_peak_mb`) and this process's memory in MB: resident now
+        and peak."""
+        return {**self.seconds, **_memory_mb(), "count": float(self.count)}
+
+    @property
+    def count(self) -> int:
+        return int(self._members.shape[0])
+
+
+def _memory_mb() -> dict[str, float]:
+    """This process's resident and peak memory in MB (rss_mb, peak_rss_mb; 0 off Linux)."""
+    memory = {"rss_mb": 0.0, "peak_rss_mb": 0.0}
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over a fork, so a forked Ray worker would
+    # report its parent's peak.
+    try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith(("VmRSS:", "VmHWM:")):
                     key = "rss_mb" if line.startswith("VmRSS") else "peak_rss_mb"
                     memory[key] = int(line.split()[1]) / 1024  # kB
-        return {**self.seconds, **memory, "count": float(self.count)}
-
-    @property
-    def count(self) -> int:
-        return int(self._members.shape[0])
+    except OSError:
+        pass
+    return memory

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_selection.adapters.hnsw_index import HnswParams
-from grace_selection.adapters.knn import graph_from_neighbors
+from grace_selection.adapters.knn import graph_rows_into
 from grace_selection.adapters.shard_worker import ShardWorker
 from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.config import SelectionConfig
@@ -22,11 +22,9 @@ from grace_selection.core.partitioned import merge_neighbor_lists, partition_ran
 BLOCK_ROWS = 65_536
 
 
-def graph_from_merged(
-    ids: npt.NDArray[np.int64], sims: npt.NDArray[np.float32], k: int
-) -> KnnGraph:
-    """The k-NN graph from merged top-(k + 1) answers of every point (self dropped)."""
-    return graph_from_neighbors(ids, sims, np.ones(ids.shape[0], dtype=np.bool_), k)
+def empty_graph(n: int, k: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """The (n, k) arrays that merged blocks are written into (graph_rows_into)."""
+    return np.full((n, k), -1, dtype=np.int32), np.zeros((n, k), dtype=np.float32)
 
 
 def block_bounds(n: int, block_rows: int) -> list[tuple[int, int]]:
@@ -58,15 +56,12 @@ class LocalShardedIndex:
 
     def knn_graph(self, k: int) -> KnnGraph:
         unit = self._require_vectors()
-        rows = []
+        graph_ids, graph_sims = empty_graph(unit.shape[0], k)
         for a, b in block_bounds(unit.shape[0], self._block_rows):
             answers = [w.query(unit, a, b, k + 1) for w in self._workers]
-            rows.append(
-                merge_neighbor_lists([i for i, _ in answers], [s for _, s in answers], k + 1)
-            )
-        ids = np.concatenate([r[0] for r in rows])
-        sims = np.concatenate([r[1] for r in rows])
-        return graph_from_merged(ids, sims, k)
+            merged = merge_neighbor_lists([i for i, _ in answers], [s for _, s in answers], k + 1)
+            graph_rows_into(*merged, a, graph_ids, graph_sims)
+        return KnnGraph(graph_ids, graph_sims)
 
     def select_parts(
         self,
