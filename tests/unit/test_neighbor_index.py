@@ -160,6 +160,13 @@ def test_graph_from_answers_is_the_same_in_blocks_of_any_size(
             blocked = knn.graph_from_neighbors(ids.astype(dtype), sims, present, 4)
             assert np.array_equal(blocked.neighbors, whole.neighbors)
             assert np.array_equal(blocked.similarities, whole.similarities)
+    # Rows given by id (an index's stored rows, with gaps) land where the ids say.
+    stored = np.flatnonzero(present)
+    some_ids = np.full((n, 4), -1, dtype=np.int32)
+    some_sims = np.zeros((n, 4), dtype=np.float32)
+    knn.graph_rows_into(ids[stored], sims[stored], stored, some_ids, some_sims)
+    assert np.array_equal(some_ids, whole.neighbors)
+    assert np.array_equal(some_sims, whole.similarities)
     for row in range(n):
         expect_ids, expect_sims = reference(row)
         assert whole.neighbors[row].tolist() == expect_ids

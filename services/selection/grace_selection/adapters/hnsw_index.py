@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.adapters.knn import graph_from_neighbors
+from grace_selection.adapters.knn import graph_rows_into
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
 from grace_selection.adapters.vectors import VectorTable, normalize_rows
 from grace_selection.core.graph import KnnGraph
@@ -118,8 +118,9 @@ class HnswNeighborIndex:
         them (the graph keeper does): faster than reading them back from hnswlib."""
         with self._lock:
             present = self._present[: self._id_bound()].copy()
-            ids = np.full((present.size, k + 1), -1, dtype=np.int64)
-            sims = np.full((present.size, k + 1), -np.inf, dtype=np.float32)
+            # Each block's answers go straight into the graph: no (n, k + 1) int64 copy.
+            graph_ids = np.full((present.size, k), -1, dtype=np.int32)
+            graph_sims = np.zeros((present.size, k), dtype=np.float32)
             stored = np.flatnonzero(present)
             for start in range(0, stored.size, _READ_BLOCK):
                 block = stored[start : start + _READ_BLOCK]
@@ -128,8 +129,9 @@ class HnswNeighborIndex:
                 else:
                     rows = vectors[block]
                 unit = np.asarray(rows, dtype=np.float32)
-                ids[block], sims[block] = self._query(unit, k + 1)
-        return graph_from_neighbors(ids, sims, present, k)
+                ids, sims = self._query(unit, k + 1)
+                graph_rows_into(ids, sims, block, graph_ids, graph_sims)
+        return KnnGraph(graph_ids, graph_sims)
 
     def _id_bound(self) -> int:
         stored = np.flatnonzero(self._present)

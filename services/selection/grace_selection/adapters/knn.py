@@ -57,21 +57,26 @@ def graph_from_neighbors(
 def graph_rows_into(
     ids: npt.NDArray[np.integer],
     sims: npt.NDArray[np.float32],
-    start: int,
+    rows: int | npt.NDArray[np.int64],
     graph_ids: npt.NDArray[np.int32],
     graph_sims: npt.NDArray[np.float32],
 ) -> None:
-    """Write rows start..start+len(ids) of a (n, k) graph from their (rows, w) answers: each
-    row's own id dropped (where it is missing, the worst entry), -1 / 0 where no neighbour."""
-    rows, width = ids.shape
+    """Write some rows of a (n, k) graph from their (len(ids), w) answers: each row's own id
+    dropped (where it is missing, the worst entry), -1 / 0 where no neighbour.
+
+    rows: the graph rows the answers belong to, in order; an int means rows..rows+len(ids).
+    """
+    count, width = ids.shape
     k = graph_ids.shape[1]
-    is_self = ids == np.arange(start, start + rows)[:, None]
+    own = np.arange(rows, rows + count) if isinstance(rows, int) else np.asarray(rows)
+    is_self = ids == own[:, None]
     # Where self is missing (duplicate vectors, approximate search), drop the worst entry.
     is_self[~is_self.any(axis=1), -1] = True
     keep = ~is_self
     take = min(k, width - 1)
-    neighbors = ids[keep].reshape(rows, width - 1)[:, :take]
-    similarities = sims[keep].reshape(rows, width - 1)[:, :take]
+    neighbors = ids[keep].reshape(count, width - 1)[:, :take]
+    similarities = sims[keep].reshape(count, width - 1)[:, :take]
     valid = neighbors >= 0
-    graph_ids[start : start + rows, :take] = np.where(valid, neighbors, -1)
-    graph_sims[start : start + rows, :take] = np.clip(np.where(valid, similarities, 0.0), -1, 1)
+    out = slice(rows, rows + count) if isinstance(rows, int) else own
+    graph_ids[out, :take] = np.where(valid, neighbors, -1)
+    graph_sims[out, :take] = np.clip(np.where(valid, similarities, 0.0), -1, 1)
