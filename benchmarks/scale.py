@@ -11,7 +11,9 @@ random utility are made once. Then:
 - sharded: `select_sharded` with `RayShardedIndex` on a local Ray cluster (--cpus CPUs, one
   actor per shard, one CPU each): build, graph (fan-out and merge), parts (each shard's greedy),
   merge (RandGreeDi's merge round in the driver). Each actor reports its own seconds and its
-  peak RSS; the driver's peak RSS during each part is sampled every 50 ms.
+  peak RSS after each part; the driver's RSS and the machine's memory in use (MemTotal -
+  MemAvailable: the object store's shared copy counted once) are sampled every 50 ms, and
+  their peaks kept per part.
 Quality: both selections' facility-location objective on the one-process graph (and on the
 sharded graph), their overlap, and recall@10 of both graphs against exact search on 1000 rows.
 Both indexes use the same HNSW parameters. Progress goes to stderr.
@@ -28,8 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,31 +69,38 @@ def status_mb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status; this benchmark needs Linux")
 
 
-class PeakSampler:
-    """The driver's highest RSS during each named part, sampled every 50 ms."""
+def machine_used_mb() -> float:
+    """Memory in use on the whole machine (MemTotal - MemAvailable), in MB: shared memory (the
+    object store) counted once, unlike a sum of the processes' RSS."""
+    fields: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, value = line.split(":", 1)
+            fields[name] = int(value.split()[0])
+    return (fields["MemTotal"] - fields["MemAvailable"]) / 1024
 
-    def __init__(self) -> None:
-        self.peaks: dict[str, float] = {}
-        self._part = ""
+
+class PeakSampler:
+    """The driver's RSS and the machine's memory in use, sampled every 50 ms while a part runs:
+    the peak of each over any span of the run (`peak`), by wall-clock bounds."""
+
+    def __init__(self, baseline_machine_mb: float) -> None:
+        self.samples: list[tuple[float, float, float]] = []  # (time, driver rss, machine used)
+        self.baseline_machine_mb = baseline_machine_mb
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            if self._part:
-                rss = status_mb("VmRSS")
-                self.peaks[self._part] = max(self.peaks.get(self._part, 0.0), rss)
+        while True:
+            self.samples.append((time.perf_counter(), status_mb("VmRSS"), machine_used_mb()))
+            if self._stop.wait(0.05):
+                return
 
-    @contextmanager
-    def part(self, name: str) -> Iterator[None]:
-        self._part = name
-        self.peaks[name] = status_mb("VmRSS")
-        try:
-            yield
-        finally:
-            self.peaks[name] = max(self.peaks[name], status_mb("VmRSS"))
-            self._part = ""
+    def peak(self, start: float, stop: float) -> tuple[float, float]:
+        """(driver RSS, machine used) peaks over samples taken in [start, stop]."""
+        inside = [s for s in self.samples if start <= s[0] <= stop] or self.samples[-1:]
+        return max(s[1] for s in inside), max(s[2] for s in inside)
 
     def close(self) -> None:
         self._stop.set()
@@ -140,11 +147,16 @@ def recall_at_k(
     graph: KnnGraph, vectors: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]
 ) -> float:
     """Share of the exact k nearest (self excluded) that the graph lists, over `rows`."""
-    sims = vectors[rows] @ vectors.T  # (R, N)
-    sims[np.arange(rows.size), rows] = -np.inf
-    exact = np.argpartition(-sims, graph.k - 1, axis=1)[:, : graph.k]
-    found = (graph.neighbors[rows][:, :, None] == exact[:, None, :]).any(axis=2)
-    return float(found.mean())
+    # A few rows at a time: (rows, N) similarities at 10M are 40 MB a row.
+    block = max(1, 2**28 // (4 * vectors.shape[0]))
+    found = 0
+    for start in range(0, rows.size, block):
+        chunk = rows[start : start + block]
+        sims = vectors[chunk] @ vectors.T  # (block, N)
+        sims[np.arange(chunk.size), chunk] = -np.inf
+        exact = np.argpartition(-sims, graph.k - 1, axis=1)[:, : graph.k]
+        found += int((graph.neighbors[chunk][:, :, None] == exact[:, None, :]).any(axis=2).sum())
+    return found / (rows.size * graph.k)
 
 
 def run_sharded(
@@ -153,27 +165,43 @@ def run_sharded(
     shards: int,
     params: HnswParams,
     config: SelectionConfig,
+    baseline_machine_mb: float,
 ) -> tuple[Any, dict[str, Any]]:
     from grace_selection.adapters.ray_shards import RayShardedIndex
     from grace_selection.service.sharded_round import select_sharded
 
-    sampler = PeakSampler()
+    sampler = PeakSampler(baseline_machine_mb)
     cpu = time.process_time()
     index = RayShardedIndex(DIM, shards, params, cpus_per_shard=1.0)
     try:
-        # select_sharded times each part; the sampler watches the driver while it runs.
-        with sampler.part("round"):
-            outcome = select_sharded(
-                index, vectors, utility, np.ones(vectors.shape[0], np.bool_), config, SEED
-            )
+        began = time.perf_counter()
+        outcome = select_sharded(
+            index, vectors, utility, np.ones(vectors.shape[0], np.bool_), config, SEED
+        )
+        ended = time.perf_counter()
         driver_cpu = time.process_time() - cpu
         reports = index.reports()
     finally:
         index.close()
         sampler.close()
+    # select_sharded times its parts one after another: their wall-clock spans, in order.
+    spans: dict[str, tuple[float, float]] = {}
+    at = began
+    for name, seconds in outcome.seconds.items():
+        spans[name] = (at, at + seconds)
+        at += seconds
+    driver, machine = sampler.peak(began, ended)
     memory = {
-        "driver_peak_mb": sampler.peaks["round"],
+        "driver_peak_mb": driver,
+        "machine_peak_mb": machine - sampler.baseline_machine_mb,
+        "driver_peak_mb_by_part": {p: sampler.peak(*span)[0] for p, span in spans.items()},
+        "machine_peak_mb_by_part": {
+            p: sampler.peak(*span)[1] - sampler.baseline_machine_mb for p, span in spans.items()
+        },
         "actor_peak_mb": [r["peak_rss_mb"] for r in reports],
+        "actor_peak_mb_by_part": {
+            p: [r.get(p + "_peak_mb", 0.0) for r in reports] for p in ("load", "query", "select")
+        },
         "object_store_vectors_mb": vectors.nbytes / 2**20,
     }
     parts = ("load", "query", "select")
@@ -199,9 +227,11 @@ def measure(n: int, args: argparse.Namespace, params: HnswParams) -> dict[str, A
         command += ["--k", str(args.k), "--ef-construction", str(params.ef_construction)]
         subprocess.run(command, check=True)
         row["single"] = json.loads((single_dir / "single.json").read_text())
+    # Machine memory is counted from before the inputs exist: the service holds the vectors too.
+    baseline = machine_used_mb()
     vectors, utility = make_inputs(n)
     log(f"n={n}: sharded round on {args.shards} Ray actors")
-    outcome, row["sharded"] = run_sharded(vectors, utility, args.shards, params, config)
+    outcome, row["sharded"] = run_sharded(vectors, utility, args.shards, params, config, baseline)
     log(f"n={n}: sharded {row['sharded']['seconds']}")
     rows = np.random.default_rng([SEED, 2]).choice(n, size=min(RECALL_ROWS, n), replace=False)
     row["sharded"]["recall_at_10"] = recall_at_k(outcome.graph, vectors, rows)

@@ -94,6 +94,29 @@ def unit_costs(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def memory_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The sharded path's memory through each part, for the rows that sampled it per part."""
+    lines = [
+        "| n | part | driver peak MB | each actor's peak so far MB | machine in use MB "
+        "| machine bytes / element |",
+        "|---|---|---|---|---|---|",
+    ]
+    actor_part = {"build": "load", "graph": "query", "parts": "select", "merge": "select"}
+    for r in rows:
+        memory = r["sharded"]["memory"]
+        machine = memory.get("machine_peak_mb_by_part")
+        if not machine:
+            continue
+        for part, used in machine.items():
+            actors = memory["actor_peak_mb_by_part"].get(actor_part[part], [])
+            lines.append(
+                f"| {r['n']:,} | {part} | {_f(memory['driver_peak_mb_by_part'][part], 0)} "
+                f"| {' + '.join(_f(a, 0) for a in actors)} | {_f(used, 0)} "
+                f"| {_f(used * 2**20 / r['n'], 0)} |"
+            )
+    return lines
+
+
 def write_markdown(document: dict[str, Any], path: Path) -> None:
     rows = document["rows"]
     commands = sorted({r.get("command", document.get("command", "")) for r in rows})
@@ -129,6 +152,16 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "## Costs per element",
         "",
         *unit_costs(rows),
+        "",
+        "## Memory through the sharded round",
+        "",
+        "Sampled every 50 ms during each part. Machine in use: MemTotal - MemAvailable over "
+        "its value before the inputs were made, so the object store's one copy of the vectors "
+        "counts once (the sum of RSS counts it in every process that touched it), and the "
+        "driver's input vectors count too. An actor's peak is its VmHWM when the part last "
+        "ran (parts and merge: after its greedy).",
+        "",
+        *memory_table(rows),
         "",
     ]
     path.write_text("\n".join(text))
