@@ -37,7 +37,7 @@ class ShardWorker:
         self._index: Any = None
         self._local_ids: npt.NDArray[np.int32] | None = None
         self._local_sims: npt.NDArray[np.float32] | None = None
-        self.seconds: dict[str, float] = {}
+        self.measures: dict[str, float] = {}  # seconds, CPU seconds and peak MB per part
 
     def load(self, members: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> int:
         """Index rows `members` of the global (N, dim) matrix `vectors`; returns the count."""
@@ -64,9 +64,9 @@ class ShardWorker:
         self._index = index
         self._local_ids = None
         self._local_sims = None
-        self.seconds["load"] = time.perf_counter() - started
-        self.seconds["load_cpu"] = time.process_time() - cpu
-        self.seconds["load_peak_mb"] = _memory_mb()["peak_rss_mb"]
+        self.measures["load"] = time.perf_counter() - started
+        self.measures["load_cpu"] = time.process_time() - cpu
+        self.measures["load_peak_mb"] = _memory_mb()["peak_rss_mb"]
         return count
 
     def query(
@@ -86,7 +86,7 @@ class ShardWorker:
         out_sims = np.full((stop - start, k), -np.inf, dtype=np.float32)
         ids[:, :take] = self._members[labels]
         out_sims[:, :take] = sims
-        self._add_seconds("query", time.perf_counter() - began, time.process_time() - cpu)
+        self._record_part("query", time.perf_counter() - began, time.process_time() - cpu)
         return ids, out_sims
 
     def _keep_local_rows(
@@ -136,22 +136,22 @@ class ShardWorker:
             seed,
             self.part,
         )
-        self._add_seconds("select", time.perf_counter() - began, time.process_time() - cpu)
+        self._record_part("select", time.perf_counter() - began, time.process_time() - cpu)
         picks: npt.NDArray[np.int64] = self._members[local]
         return picks
 
-    def _add_seconds(self, part: str, wall: float, cpu: float) -> None:
+    def _record_part(self, part: str, wall: float, cpu: float) -> None:
         """Wall and CPU seconds (this process, all threads) summed per part of the work, and
         the process's peak memory so far when the part last ran."""
-        self.seconds[part] = self.seconds.get(part, 0.0) + wall
-        self.seconds[part + "_cpu"] = self.seconds.get(part + "_cpu", 0.0) + cpu
-        self.seconds[part + "_peak_mb"] = _memory_mb()["peak_rss_mb"]
+        self.measures[part] = self.measures.get(part, 0.0) + wall
+        self.measures[part + "_cpu"] = self.measures.get(part + "_cpu", 0.0) + cpu
+        self.measures[part + "_peak_mb"] = _memory_mb()["peak_rss_mb"]
 
     def report(self) -> dict[str, float]:
         """Wall and CPU seconds per part of the work (load, query, select; CPU as `<part>_cpu`,
         the peak RSS so far as `<part>_peak_mb`) and this process's memory in MB: resident now
         and peak."""
-        return {**self.seconds, **_memory_mb(), "count": float(self.count)}
+        return {**self.measures, **_memory_mb(), "count": float(self.count)}
 
     @property
     def count(self) -> int:
