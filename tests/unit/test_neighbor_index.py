@@ -167,6 +167,13 @@ def test_graph_from_answers_is_the_same_in_blocks_of_any_size(
     knn.graph_rows_into(ids[stored], sims[stored], stored, some_ids, some_sims)
     assert np.array_equal(some_ids, whole.neighbors)
     assert np.array_equal(some_sims, whole.similarities)
+    # A numpy integer is a first row like an int.
+    for start in (100, np.int64(100)):
+        block_ids = np.full((n, 4), -1, dtype=np.int32)
+        block_sims = np.zeros((n, 4), dtype=np.float32)
+        knn.graph_rows_into(ids[100:200], sims[100:200], start, block_ids, block_sims)
+        on = present[100:200]
+        assert np.array_equal(block_ids[100:200][on], whole.neighbors[100:200][on])
     for row in range(n):
         expect_ids, expect_sims = reference(row)
         assert whole.neighbors[row].tolist() == expect_ids

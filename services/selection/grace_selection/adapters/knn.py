@@ -57,7 +57,7 @@ def graph_from_neighbors(
 def graph_rows_into(
     ids: npt.NDArray[np.integer],
     sims: npt.NDArray[np.float32],
-    rows: int | npt.NDArray[np.int64],
+    rows: int | np.integer | npt.NDArray[np.int64],
     graph_ids: npt.NDArray[np.int32],
     graph_sims: npt.NDArray[np.float32],
 ) -> None:
@@ -68,7 +68,8 @@ def graph_rows_into(
     """
     count, width = ids.shape
     k = graph_ids.shape[1]
-    own = np.arange(rows, rows + count) if isinstance(rows, int) else np.asarray(rows)
+    first = int(rows) if np.ndim(rows) == 0 else None  # numpy integers count as a start too
+    own = np.arange(first, first + count) if first is not None else np.asarray(rows)
     is_self = ids == own[:, None]
     # Where self is missing (duplicate vectors, approximate search), drop the worst entry.
     is_self[~is_self.any(axis=1), -1] = True
@@ -77,6 +78,6 @@ def graph_rows_into(
     neighbors = ids[keep].reshape(count, width - 1)[:, :take]
     similarities = sims[keep].reshape(count, width - 1)[:, :take]
     valid = neighbors >= 0
-    out = slice(rows, rows + count) if isinstance(rows, int) else own
+    out = slice(first, first + count) if first is not None else own
     graph_ids[out, :take] = np.where(valid, neighbors, -1)
     graph_sims[out, :take] = np.clip(np.where(valid, similarities, 0.0), -1, 1)
