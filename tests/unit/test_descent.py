@@ -256,6 +256,25 @@ def test_join_on_threads_builds_the_graph_of_one_thread(monkeypatch: pytest.Monk
 
 
 @needs_numba
+def test_join_offers_reverse_edges_in_slices_with_the_same_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The compiled join offers reverse edges a slice of rows at a time (to bound the offer
+    arrays): any slice size gives the graph of one slice."""
+    graph, vectors, moved, rows = drifted_round(4, 900, 12, 6)
+    present = np.ones(graph.n, dtype=np.bool_)
+    graphs = []
+    for offer_rows in (10**9, 7, 64):
+        monkeypatch.setattr(descent, "_OFFER_ROWS", offer_rows)
+        rescored = run_with("1", rescore_edges, graph, vectors, moved)
+        rng = np.random.default_rng(0)
+        graphs.append(run_with("1", join_rows, rescored, vectors, rows, present, rng))
+    for other in graphs[1:]:
+        np.testing.assert_array_equal(graphs[0].neighbors, other.neighbors)
+        np.testing.assert_array_equal(graphs[0].similarities, other.similarities)
+
+
+@needs_numba
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(2, 30),

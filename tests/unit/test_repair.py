@@ -14,6 +14,7 @@ from grace_selection.core.repair import (
     insert_reverse_edges,
     measure_drift,
     plan_repair,
+    realign,
     remove_shared_drift,
     replace_rows,
 )
@@ -255,3 +256,20 @@ def test_remove_shared_drift_leaves_too_few_rows_or_no_move_alone() -> None:
     np.testing.assert_array_equal(out, shifted.astype(np.float32))  # 7 < min_rows
     same = _flat_states(5).astype(np.float32)
     np.testing.assert_array_equal(remove_shared_drift(same, same, same), same)
+
+
+def test_realign_in_place_gives_the_same_rows_without_a_copy() -> None:
+    old = _flat_states(6).astype(np.float32)
+    shift = np.zeros(old.shape[1], dtype=np.float32)
+    shift[1] = 0.05
+    new = old + shift
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    rows = np.arange(old.shape[0], dtype=np.int64)
+    untouched = new.copy()
+    copied = realign(old, rows, new, rows, new)
+    np.testing.assert_array_equal(new, untouched)  # by default the input is left alone
+    assert not np.allclose(copied, untouched)  # the shared move was taken out
+    owned = new.copy()
+    aligned = realign(old, rows, owned, rows, owned, overwrite=True)
+    assert aligned is owned
+    np.testing.assert_array_equal(aligned, copied)

@@ -209,7 +209,9 @@ class GraphKeeper:
             )
             # The re-embedded (not new) rows: their old vectors are the keeper's.
             held = np.flatnonzero(built.in_index[ids]).astype(np.int64)
-            unit = realign(built.vectors, ids[held], unit, held, unit)
+            # `unit` is ours (copied above, or by the source): aligned in place, no second
+            # copy of the fresh rows alive through the refresh.
+            unit = realign(built.vectors, ids[held], unit, held, unit, overwrite=True)
             done = self._refresh(built, ids, unit, k, drift_threshold, seq)
             if done is not None:
                 self._built, self._dirty = built, True
