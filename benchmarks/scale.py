@@ -191,13 +191,13 @@ def run_sharded(
         spans[name] = (at, at + seconds)
         at += seconds
     driver, machine = sampler.peak(began, ended)
+    by_part = {name: sampler.peak(*span) for name, span in spans.items()}
+    baseline = sampler.baseline_machine_mb
     memory = {
         "driver_peak_mb": driver,
-        "machine_peak_mb": machine - sampler.baseline_machine_mb,
-        "driver_peak_mb_by_part": {p: sampler.peak(*span)[0] for p, span in spans.items()},
-        "machine_peak_mb_by_part": {
-            p: sampler.peak(*span)[1] - sampler.baseline_machine_mb for p, span in spans.items()
-        },
+        "machine_peak_mb": machine - baseline,
+        "driver_peak_mb_by_part": {p: peaks[0] for p, peaks in by_part.items()},
+        "machine_peak_mb_by_part": {p: peaks[1] - baseline for p, peaks in by_part.items()},
         "actor_peak_mb": [r["peak_rss_mb"] for r in reports],
         "actor_peak_mb_by_part": {
             p: [r.get(p + "_peak_mb", 0.0) for r in reports] for p in ("load", "query", "select")

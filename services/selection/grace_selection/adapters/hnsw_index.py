@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.adapters.knn import graph_rows_into
+from grace_selection.adapters.knn import empty_graph_arrays, graph_rows_into
 from grace_selection.adapters.snapshot import read_snapshot_meta, write_snapshot
 from grace_selection.adapters.vectors import VectorTable, normalize_rows
 from grace_selection.core.graph import KnnGraph
@@ -119,8 +119,7 @@ class HnswNeighborIndex:
         with self._lock:
             present = self._present[: self._id_bound()].copy()
             # Each block's answers go straight into the graph: no (n, k + 1) int64 copy.
-            graph_ids = np.full((present.size, k), -1, dtype=np.int32)
-            graph_sims = np.zeros((present.size, k), dtype=np.float32)
+            graph_ids, graph_sims = empty_graph_arrays(present.size, k)
             stored = np.flatnonzero(present)
             for start in range(0, stored.size, _READ_BLOCK):
                 block = stored[start : start + _READ_BLOCK]

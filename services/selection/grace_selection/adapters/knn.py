@@ -42,9 +42,7 @@ def graph_from_neighbors(
 
     ids, sims: (rows, w) answers of rows 0..rows-1, best first, -1 pad; rows <= present.size.
     """
-    n = present.shape[0]
-    graph_ids = np.full((n, k), -1, dtype=np.int32)
-    graph_sims = np.zeros((n, k), dtype=np.float32)
+    graph_ids, graph_sims = empty_graph_arrays(present.shape[0], k)
     for start in range(0, ids.shape[0], _GRAPH_BLOCK_ROWS):
         stop = min(ids.shape[0], start + _GRAPH_BLOCK_ROWS)
         graph_rows_into(ids[start:stop], sims[start:stop], start, graph_ids, graph_sims)
@@ -52,6 +50,11 @@ def graph_from_neighbors(
         graph_ids[start:stop][absent] = -1
         graph_sims[start:stop][absent] = 0.0
     return KnnGraph(graph_ids, graph_sims)
+
+
+def empty_graph_arrays(n: int, k: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """The (n, k) neighbour ids (-1) and similarities (0) that `graph_rows_into` fills."""
+    return np.full((n, k), -1, dtype=np.int32), np.zeros((n, k), dtype=np.float32)
 
 
 def graph_rows_into(

@@ -19,9 +19,9 @@ import numpy.typing as npt
 
 from grace_proto.usage import missing_extra
 from grace_selection.adapters.hnsw_index import HnswParams
-from grace_selection.adapters.knn import graph_rows_into
+from grace_selection.adapters.knn import empty_graph_arrays, graph_rows_into
 from grace_selection.adapters.shard_worker import ShardWorker
-from grace_selection.adapters.sharded_index import BLOCK_ROWS, block_bounds, empty_graph
+from grace_selection.adapters.sharded_index import BLOCK_ROWS, block_bounds
 from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
@@ -99,7 +99,7 @@ class RayShardedIndex:
         if self._vectors_ref is None:
             raise RuntimeError("build the index before querying it")
         # Each merged block goes straight into the (n, k) graph: no (n, k + 1) copy of the answers.
-        graph_ids, graph_sims = empty_graph(self._n, k)
+        graph_ids, graph_sims = empty_graph_arrays(self._n, k)
         pending = list(block_bounds(self._n, self._block_rows))
         waiting: dict[Any, tuple[int, int, int]] = {}  # ref -> (block, shard, start)
         answers: dict[int, list[Any]] = {}

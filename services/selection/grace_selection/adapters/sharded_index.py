@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from grace_selection.adapters.hnsw_index import HnswParams
-from grace_selection.adapters.knn import graph_rows_into
+from grace_selection.adapters.knn import empty_graph_arrays, graph_rows_into
 from grace_selection.adapters.shard_worker import ShardWorker
 from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.config import SelectionConfig
@@ -20,11 +20,6 @@ from grace_selection.core.partitioned import merge_neighbor_lists, partition_ran
 
 # Rows per fanned-out query call: (rows, k + 1) answers per shard stay a few MB.
 BLOCK_ROWS = 65_536
-
-
-def empty_graph(n: int, k: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-    """The (n, k) arrays that merged blocks are written into (graph_rows_into)."""
-    return np.full((n, k), -1, dtype=np.int32), np.zeros((n, k), dtype=np.float32)
 
 
 def block_bounds(n: int, block_rows: int) -> list[tuple[int, int]]:
@@ -56,7 +51,7 @@ class LocalShardedIndex:
 
     def knn_graph(self, k: int) -> KnnGraph:
         unit = self._require_vectors()
-        graph_ids, graph_sims = empty_graph(unit.shape[0], k)
+        graph_ids, graph_sims = empty_graph_arrays(unit.shape[0], k)
         for a, b in block_bounds(unit.shape[0], self._block_rows):
             answers = [w.query(unit, a, b, k + 1) for w in self._workers]
             merged = merge_neighbor_lists([i for i, _ in answers], [s for _, s in answers], k + 1)
