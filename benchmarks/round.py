@@ -56,6 +56,7 @@ from grace_selection.core import rounds as core_rounds
 from grace_selection.core.config import SelectionConfig
 from grace_selection.service.batches import EmbeddingBatch, ScoreBatch
 from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.resources import release_free_memory
 from grace_selection.service.round_step import step_round
 from grace_selection.service.state import JobArrays
 
@@ -97,11 +98,14 @@ def drift(old: F32, rng: np.random.Generator, mode: str) -> F32:
     return out
 
 
-def recall_at_10(neighbors: npt.NDArray[Any], vectors: F32, sample: I64) -> float:
+def recall_at_10(
+    neighbors: npt.NDArray[Any], vectors: npt.NDArray[np.floating] | None, sample: I64
+) -> float:
+    assert vectors is not None
     truth = np.empty((sample.size, K), np.int64)
     for lo in range(0, sample.size, 100):
         rows = sample[lo : lo + 100]
-        sims = vectors[rows] @ vectors.T  # (100, N)
+        sims = vectors[rows].astype(np.float32) @ vectors.T  # (100, N)
         sims[np.arange(rows.size), rows] = -np.inf
         truth[lo : lo + rows.size] = np.argpartition(-sims, K - 1, axis=1)[:, :K]
     hits = [np.intersect1d(truth[i], neighbors[s][:K]).size for i, s in enumerate(sample)]
@@ -111,6 +115,13 @@ def recall_at_10(neighbors: npt.NDArray[Any], vectors: F32, sample: I64) -> floa
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -168,14 +179,16 @@ class PartTimer:
 
 def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict[str, Any]]:
     rng = np.random.default_rng(SEED)
-    arrays = JobArrays(n, DIM)
+    # The product's keepers hold the job's matrix as their vectors, as in the service.
+    shared = keeper_name.startswith("product")
+    matrix_dtype = "float16" if keeper_name == "product-f16" else "float32"
+    arrays = JobArrays(n, DIM, shared=shared, matrix_dtype=matrix_dtype)
     ids = np.arange(n, dtype=np.int64)
     arrays.apply(EmbeddingBatch("e0", 0, ids, make_vectors(n, rng), b""), 1)
     importance = rng.gamma(2.0, size=n).astype(np.float32)
     loss = rng.lognormal(size=n).astype(np.float32)
     arrays.apply(ScoreBatch("s0", "worker", 0, 0, ids, loss, importance, b""), 2)
-    assert arrays.embeddings is not None
-    raw_mb = arrays.embeddings.nbytes / 2**20
+    raw_mb = n * DIM * 4 / 2**20  # the raw float32 vectors, whatever the job stores
     sample = np.sort(rng.choice(n, size=min(n, 1000), replace=False))
     config = SelectionConfig(k=K, rescore_fraction=RHO)
     folder = tempfile.TemporaryDirectory(prefix="grace-round-bench-")
@@ -212,7 +225,8 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
     for r in range(rounds + 1):
         if r > 0:
             changed = np.sort(rng.choice(n, size=int(RHO * n), replace=False))
-            new = drift(arrays.embeddings[changed], rng, drift_mode)
+            assert arrays.embeddings is not None
+            new = drift(arrays.embeddings[changed].astype(np.float32), rng, drift_mode)
             fresh = rng.gamma(2.0, size=changed.size).astype(np.float32)
             seq += 1
             arrays.apply(EmbeddingBatch(f"e{r}", r, changed, new, b""), seq)
@@ -231,6 +245,10 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
                 row["parts"].update(cpu=round(cpu, 3), load=round(load, 2))
                 results.append(row)
         if peer is None:
+            # The service trims the allocator after each round; the benchmark's own scratch
+            # (the drifted rows it made) is not the product's.
+            release_free_memory()
+            rest = rss_mb()
             reset_peak()
             timer.seconds.clear()
             load, cpu = os.getloadavg()[0], time.process_time()
@@ -258,6 +276,12 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
             }
             peak = peak_rss_mb()  # before the recall check's own scratch
             recall = recall_at_10(outcome.graph.neighbors, arrays.embeddings, sample)
+            # Resident: before the round (the job at rest, with the rows that wait for it)
+            # and after it, once the round's copies are dropped and the allocator trimmed, as
+            # the service does after publishing.
+            del outcome, update
+            release_free_memory()
+            parts.update(rss_before_mb=rest, rss_after_mb=rss_mb())
             results.append(_row(keeper_name, n, r, seconds, recall, parts, raw_mb, peak))
         log(f"{keeper_name} n={n} round {r}: {results[-1]}")
     folder.cleanup()

@@ -25,12 +25,14 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "(graph upkeep, estimation, selection, planning, publishing), the graph upkeep alone for",
         "a peer.",
         "`later`: medians over the later rounds; recall@10 is the lowest of them. `CPU s`: the",
-        "CPU seconds of those (all threads; not stored before the 100k runs).",
+        "CPU seconds of those (all threads; not stored before the 100k runs). Resident: RSS",
+        "before the round (the job at rest, with the rows that wait for it) and after it, once",
+        "the allocator is trimmed as the service does after publishing.",
         "",
         "| keeper | n | drift | round | seconds (median) | CPU s | recall@10 (by round) | "
         + " | ".join(_PARTS)
-        + " | peak RSS MB (x raw f32) |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|",
+        + " | peak RSS MB (x raw f32) | resident MB before, after (x raw) |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(_PARTS) + "---|---|",
     ]
     for row in document["rows"]:
         parts = row["parts"]
@@ -44,12 +46,22 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             f"{cpu} | "
             f"{row['recall_at_10']:.3f} ({by_round}) | "
             + " | ".join(cells)
-            + f" | {row['peak_rss_mb']:.0f} ({ratio:.2f}x) |"
+            + f" | {row['peak_rss_mb']:.0f} ({ratio:.2f}x) | {_resident(row)} |"
         )
     notes = path.with_name(f"{path.stem}_notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _resident(row: dict[str, Any]) -> str:
+    """RSS before the round and after it (trimmed, as the service does); rows made before
+    this was measured have none."""
+    parts, raw = row["parts"], row["raw_vectors_mb"]
+    if "rss_after_mb" not in parts:
+        return "-"
+    before, after = parts["rss_before_mb"], parts["rss_after_mb"]
+    return f"{before:.0f} ({before / raw:.2f}x), {after:.0f} ({after / raw:.2f}x)"
 
 
 def _commands(document: dict[str, Any]) -> list[str]:

@@ -315,3 +315,34 @@ def test_unit_drift_is_the_repair_measure_for_unit_rows() -> None:
         assert measure_unit_drift(old.astype(dtype), new).dtype == np.float32
     with pytest.raises(ValueError, match="finite"):
         measure_unit_drift(old, np.full_like(new, np.nan))
+
+
+@pytest.mark.parametrize("mode", ["0", pytest.param("1", marks=needs_numba)])
+def test_in_place_steps_give_the_graph_of_the_copying_ones(mode: str) -> None:
+    """in_place rewrites the given lists (the graph keeper owns its lists: a copy per step
+    held two more at once) and gives the graph a copying step gives."""
+    graph, vectors, moved, rows = drifted_round(5, 600, 16, 8)
+    present = np.ones(graph.n, dtype=np.bool_)
+    copied = run_with(mode, rescore_edges, graph, vectors, moved)
+    copied = run_with(
+        mode, join_rows, copied, vectors, rows, present, np.random.default_rng(1), iterations=2
+    )
+    own = KnnGraph(graph.neighbors.copy(), graph.similarities.copy())
+    nb, sim = own.neighbors, own.similarities
+    rescored = run_with(mode, rescore_edges, own, vectors, moved, in_place=True)
+    joined = run_with(
+        mode,
+        join_rows,
+        rescored,
+        vectors,
+        rows,
+        present,
+        np.random.default_rng(1),
+        iterations=2,
+        in_place=True,
+    )
+    assert joined.neighbors is nb or np.shares_memory(joined.neighbors, nb)
+    assert np.shares_memory(joined.similarities, sim)
+    np.testing.assert_array_equal(joined.neighbors, copied.neighbors)
+    np.testing.assert_array_equal(joined.similarities, copied.similarities)
+    assert not np.array_equal(graph.neighbors, copied.neighbors)  # the input was copied

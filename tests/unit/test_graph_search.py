@@ -108,3 +108,25 @@ def test_nothing_to_search_returns_the_graph() -> None:
     vectors = clustered(50, 4, 2, rng)
     graph = exact(vectors, np.ones(50, np.bool_), K)
     assert search_rows(graph, vectors, [], np.ones(50, np.bool_), rng) is graph
+
+
+def test_an_in_place_search_gives_the_graph_of_a_copying_one() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((400, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    ids = np.argsort(-sims, axis=1)[:, :6]
+    graph = KnnGraph.from_arrays(ids, np.take_along_axis(sims, ids, axis=1))
+    rows = np.arange(0, 400, 9, dtype=np.int64)
+    graph.neighbors[rows] = NO_NEIGHBOR  # rows to be found afresh
+    graph.similarities[rows] = 0.0
+    present = np.ones(400, dtype=np.bool_)
+    copied = search_rows(graph, vectors, rows, present, np.random.default_rng(0), sample=64)
+    own = KnnGraph(graph.neighbors.copy(), graph.similarities.copy())
+    found = search_rows(
+        own, vectors, rows, present, np.random.default_rng(0), sample=64, in_place=True
+    )
+    assert np.shares_memory(found.neighbors, own.neighbors)
+    np.testing.assert_array_equal(found.neighbors, copied.neighbors)
+    np.testing.assert_array_equal(found.similarities, copied.similarities)

@@ -72,14 +72,14 @@ def finetune_drift(study: Study, seed: int, rho: float, budget: float) -> list[d
     update = keeper.update
     round_ = [0]
 
-    def measured_update(ids: Any, rows_source: Any, *args: Any) -> Any:
+    def measured_update(ids: Any, rows_source: Any, *args: Any, **kwargs: Any) -> Any:
         vectors = rows_source[0 : len(ids)]  # the round's rows, read as the keeper reads them
         row = drift_row(keeper, ids, vectors, config.drift_threshold)
         if row is not None:
             rows.append({"task": "finetune", "seed": seed, "rho": rho, "round": round_[0], **row})
             log.info("%s", rows[-1])
         round_[0] += 1
-        return update(ids, vectors, *args)
+        return update(ids, vectors, *args, **kwargs)
 
     keeper.update = measured_update  # type: ignore[method-assign,assignment]
     run_measured(study, setup, provider, budget)

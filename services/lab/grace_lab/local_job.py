@@ -38,7 +38,9 @@ class LocalJob:
         strata: npt.NDArray[np.int32] | None = None,
     ) -> None:
         self.n, self.dim, self.config, self.seed = n, dim, config, seed
-        self.arrays = JobArrays(n, dim, None if strata is None else np.asarray(strata, np.int32))
+        self.arrays = JobArrays(
+            n, dim, None if strata is None else np.asarray(strata, np.int32), shared=True
+        )
         self.previous_importance: F32 = np.full(n, np.nan, np.float32)
         self._folder = tempfile.TemporaryDirectory(prefix="grace-local-job-")
         # The folder only matters for snapshots, which a local job never takes.

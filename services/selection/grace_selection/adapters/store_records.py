@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 # Array dtypes a store must round-trip; all little-endian so files and Redis values are portable.
-STORED_DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "<u4", "|u1", "|b1"})
+STORED_DTYPES = frozenset({"<f2", "<f4", "<f8", "<i4", "<i8", "<u4", "|u1", "|b1"})
 
 
 class StoreError(RuntimeError):

@@ -75,11 +75,14 @@ def rescore_edges(
     graph: KnnGraph,
     vectors: npt.NDArray[np.floating],
     moved: npt.NDArray[np.bool_],
+    *,
+    in_place: bool = False,
 ) -> KnnGraph:
     """Recompute the similarity of every edge from or to a moved node (moved: (N,) mask) and
     re-sort the rows that hold one. vectors: (N, d) current unit vectors (float32 or float16).
-    Compiled when numba is enabled and the vectors are float32, else numpy; the same graph."""
-    nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    Compiled when numba is enabled and the vectors are float32, else numpy; the same graph.
+    in_place: write into `graph`'s arrays (an owner of them saves a copy of the lists)."""
+    nb, sim = _arrays_of(graph, in_place)
     if _compiled(vectors):
         moved = np.ascontiguousarray(moved, dtype=np.bool_)
         rescore = join_kernels().rescore_edges
@@ -123,6 +126,7 @@ def join_rows(
     iterations: int = 2,
     expand: int | None = None,
     current: bool = False,
+    in_place: bool = False,
 ) -> KnnGraph:
     """Rebuild `rows` from their neighbours' neighbours, then offer their edges back.
 
@@ -131,10 +135,11 @@ def join_rows(
     second iteration lets a row reach nodes that the first one brought into its neighbours'
     rows. current: the graph's similarities are the current cosines (`rescore_edges` ran), so
     a row's own entries are not scored again (a fifth of a join's dot products at expand
-    k / 2). Returns a new graph; the input is untouched.
+    k / 2). Returns a new graph and leaves the input untouched, unless `in_place`: then the
+    input's arrays are rebuilt (an owner of them saves two copies of the lists at 1M).
     """
     row_ids = np.unique(np.asarray(rows, dtype=np.int64))
-    nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    nb, sim = _arrays_of(graph, in_place)
     pool = np.flatnonzero(present).astype(np.int64)
     if row_ids.size == 0 or graph.k == 0 or pool.size < 2:
         return graph
@@ -142,7 +147,7 @@ def join_rows(
     expand = graph.k if expand is None else min(expand, graph.k)
     active = row_ids
     previous = np.empty((0, graph.k), dtype=np.int32)  # what the last pass read (none yet)
-    for _ in range(iterations):
+    for iteration in range(iterations):
         picks = pool[rng.integers(0, pool.size, size=(active.size, random_candidates))]
         # Every row of a pass reads the graph as it was when the pass began (so the rows can
         # be rebuilt in any order, or block by block, and give the same graph).
@@ -150,7 +155,8 @@ def join_rows(
             best, best_sims, changed = _join_pass_compiled(
                 nb, sim, vectors, active, picks, expand, current, previous
             )
-            previous = nb.copy()
+            if iteration + 1 < iterations:  # what the next pass, if any, compares with
+                previous = nb.copy()
         else:
             best, best_sims, changed = _join_pass_numpy(
                 nb, sim if current else None, vectors, active, picks, expand
@@ -174,6 +180,14 @@ def join_rows(
         if active.size == 0:
             break
     return KnnGraph(nb, sim)
+
+
+def _arrays_of(
+    graph: KnnGraph, in_place: bool
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    if in_place:
+        return graph.neighbors, graph.similarities
+    return graph.neighbors.copy(), graph.similarities.copy()
 
 
 def _join_pass_compiled(

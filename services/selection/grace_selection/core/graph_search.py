@@ -39,20 +39,21 @@ def search_rows(
     sample: int = ROUTING_SAMPLE,
     iterations: int = SEARCH_ITERATIONS,
     expand: int | None = None,
+    in_place: bool = False,
 ) -> KnnGraph:
     """Find `rows`' neighbours afresh: seed each row from the routing sample, then walk.
 
     vectors: (N, d) current unit vectors; present: (N,) which nodes may be neighbours; the
     graph's similarities must be current (rows' own entries are kept as stored). The found
     edges are also offered to the nodes they name (reverse edges), as a join does. Returns a
-    new graph; the input is untouched.
+    new graph; the input is untouched, unless `in_place` (its arrays are rewritten).
     """
     row_ids = np.unique(np.asarray(rows, dtype=np.int64))
     pool = np.flatnonzero(present).astype(np.int64)
     if row_ids.size == 0 or graph.k == 0 or pool.size < 2:
         return graph
     routes = pool if pool.size <= sample else np.sort(rng.choice(pool, sample, replace=False))
-    seeded = seed_rows(graph, vectors, row_ids, routes)
+    seeded = seed_rows(graph, vectors, row_ids, routes, in_place=in_place)
     return join_rows(
         seeded,
         vectors,
@@ -62,6 +63,7 @@ def search_rows(
         iterations=iterations,
         expand=expand,
         current=True,
+        in_place=True,  # `seeded` is ours: a copy, or the caller's graph given in place
     )
 
 
@@ -70,10 +72,15 @@ def seed_rows(
     vectors: npt.NDArray[np.floating],
     rows: IdArray,
     routes: IdArray,
+    *,
+    in_place: bool = False,
 ) -> KnnGraph:
     """Each of `rows`' lists merged with its nearest `routes` (exact), best first, distinct,
-    never itself. A new graph; the input is untouched."""
-    nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    never itself. A new graph; the input is untouched, unless `in_place`."""
+    if in_place:
+        nb, sim = graph.neighbors, graph.similarities
+    else:
+        nb, sim = graph.neighbors.copy(), graph.similarities.copy()
     width = graph.k
     take = min(width, routes.size)
     route_vectors = vectors[routes].astype(np.float32, copy=False)  # (s, d)

@@ -115,13 +115,14 @@ def drift_distances(
     vectors: npt.NDArray[np.floating],
     ids: npt.NDArray[np.int64],
     unit: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.float32]:
-    """(m,) cosine distance of each ids[i]'s stored unit vector to unit[i], block by block
-    (the stored rows are gathered a block at a time, not all at once)."""
+    """(m,) cosine distance of each ids[i]'s stored unit vector to unit[rows[i]], block by
+    block (both are gathered a block at a time, not all at once)."""
     out = np.empty(ids.size, dtype=np.float32)
     for start in range(0, ids.size, BUILD_BLOCK):
         part = slice(start, start + BUILD_BLOCK)
-        out[part] = measure_unit_drift(vectors[ids[part]], unit[part])
+        out[part] = measure_unit_drift(vectors[ids[part]], unit[rows[part]])
     return out
 
 

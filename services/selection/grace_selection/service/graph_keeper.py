@@ -114,6 +114,12 @@ class RowSource(Protocol):
     def __getitem__(self, rows: slice, /) -> npt.NDArray[np.floating]: ...
 
 
+# (seq, in_index, vectors) -> the job's matrix holding them, or None (GraphKeeper.load)
+AdoptVectors = Callable[
+    [int, npt.NDArray[np.bool_], npt.NDArray[np.floating]], npt.NDArray[np.floating] | None
+]
+
+
 @dataclass(frozen=True, slots=True)
 class IndexFactory:
     """How to make an empty index of a dimension, and how to load a saved one."""
@@ -189,24 +195,32 @@ class GraphKeeper:
         k: int,
         drift_threshold: float,
         fetch_all: Callable[[], tuple[npt.NDArray[np.int64], RowSource, int]],
+        *,
+        matrix: npt.NDArray[np.floating] | None = None,
     ) -> GraphUpdate:
         """Bring the graph up to the newest embeddings `vectors` of the unique `ids`.
 
         fetch_all() returns every embedded sample (ids, their rows, seq); it is called when a
         fresh build is cheaper than updating the index in place, and the build reads the rows
         a block at a time.
+
+        matrix: the job's (N, dim) embeddings, held by the graph as its vectors (one copy:
+        service.state.JobArrays); fetch_all then reads it, and a build normalises its rows in
+        place. Without it the keeper keeps its own copy.
         """
         start = time.perf_counter()
         built = self._built
+        if built is not None and matrix is not None and built.vectors is not matrix:
+            built = self._built = None  # a matrix that is not the graph's: build on it
         if built is not None and built.k == k and built.graph.k == _LIST_WIDTH * k:
             # Read only when refreshing: a build reads every embedded row itself, block by
             # block, and a whole copy here (all N on round 0) would double its peak.
             rows = vectors[0 : ids.size]
-            # A block the source copied for us (the job's rows) is normalised in place; a
-            # view of the caller's array is copied first.
-            unit = unit_rows_in_place(
-                np.array(rows, np.float32, copy=True if rows.base is not None else None)
-            )
+            # A block the source copied for us (the job's rows), or rows given away with the
+            # matrix (the job's taken rows), is normalised in place; a view of the caller's
+            # array is copied first.
+            owned = matrix is not None or rows.base is None
+            unit = unit_rows_in_place(np.array(rows, np.float32, copy=None if owned else True))
             # The re-embedded (not new) rows: their old vectors are the keeper's.
             held = np.flatnonzero(built.in_index[ids]).astype(np.int64)
             # `unit` is ours (copied above, or by the source): aligned in place, no second
@@ -248,14 +262,19 @@ class GraphKeeper:
                 embedded = np.flatnonzero(built.in_index).astype(np.int64)
                 # All embedded (the usual case): read the keeper's rows in place, no copy.
                 source = built.vectors if embedded.size == self.n else built.vectors[embedded]
-                rebuilt = self._rebuild(embedded, source, k)
+                rebuilt = self._rebuild(embedded, source, k, matrix)
                 self._built = rebuilt
                 seconds = time.perf_counter() - start
                 return GraphUpdate(
                     rebuilt.publish(), seconds, embedded.size, self.n, True, 0, recall
                 )
+            if matrix is not None:  # the build reads the fresh rows from the matrix
+                _write_rows(matrix, ids, unit)
+        elif matrix is not None and ids.size:
+            fresh = unit_rows_in_place(np.array(vectors[0 : ids.size], np.float32, copy=None))
+            _write_rows(matrix, ids, fresh)
         all_ids, all_vectors, all_seq = fetch_all()
-        built = self._rebuild(all_ids, all_vectors, k)
+        built = self._rebuild(all_ids, all_vectors, k, matrix)
         self._built, self._dirty = built, True
         self.seq = max(self.seq, seq, all_seq)
         seconds = time.perf_counter() - start
@@ -282,7 +301,8 @@ class GraphKeeper:
             raise ValueError(
                 f"threshold: must be a cosine distance in [0, 2], got {drift_threshold!r}"
             )
-        distances = drift_distances(built.vectors, old_ids, unit[~new])  # (m,)
+        # (m,) against the rows' places in `unit`: `unit[~new]` was a copy of every fresh row.
+        distances = drift_distances(built.vectors, old_ids, unit, np.flatnonzero(~new))
         # Beyond the k-th neighbour's distance the old neighbourhood no longer holds the new
         # one, so a local join has nothing to start from; a row without edges has radius 0.
         last = graph.neighbors[old_ids, -1] if width else np.full(old_ids.size, NO_NEIGHBOR)
@@ -301,9 +321,13 @@ class GraphKeeper:
         built.vectors[ids] = unit
         built.in_index[ids] = True
         rng = np.random.default_rng(seq)  # same inputs, same graph
-        graph = rescore_edges(graph, built.vectors, moved)
+        # The keeper's own lists are rewritten in place (the published graph is a copy): a
+        # copy per step held two more (N, 2k) lists at once, 0.2x the raw vectors at 1M.
+        graph = rescore_edges(graph, built.vectors, moved, in_place=True)
         if built.index is None:
-            graph = search_rows(graph, built.vectors, query_ids, built.in_index, rng, expand=k)
+            graph = search_rows(
+                graph, built.vectors, query_ids, built.in_index, rng, expand=k, in_place=True
+            )
         else:
             if np.any(new):
                 # Only new samples are inserted: hnswlib updates an existing label ~8-16x
@@ -333,6 +357,7 @@ class GraphKeeper:
             iterations=_JOIN_ITERATIONS,
             expand=k,
             current=True,
+            in_place=True,
         )
         around = find_relink_rows(graph, drifted)
         around = np.setdiff1d(around[built.in_index[around]], drifted, assume_unique=True)
@@ -345,6 +370,7 @@ class GraphKeeper:
             iterations=_JOIN_ITERATIONS,
             expand=max(1, k // 2),
             current=True,
+            in_place=True,
         )
         upserted = int(np.count_nonzero(distances > drift_threshold)) + inserts
         return upserted, int(query_ids.size), int(drifted.size + around.size)
@@ -362,19 +388,31 @@ class GraphKeeper:
                 save_graph(self.folder, built, self.factory.kind, self.seq, round_)
                 self._dirty = False
 
-    def load(self) -> bool:
-        """Load the last snapshot; False (and a clean slate) if there is none or it is unusable."""
+    def load(self, adopt: AdoptVectors | None = None) -> bool:
+        """Load the last snapshot; False (and a clean slate) if there is none or it is unusable.
+
+        adopt(seq, in_index, vectors): the job takes the snapshot's vectors (memory-mapped)
+        into its matrix and returns it, which the graph then holds (None: the job holds newer
+        rows, and the graph is rebuilt from them). Without it the keeper loads its own copy."""
         loaded = load_graph(
             self.folder,
             self.factory.kind,
             self.factory.load if self.factory.keep_index else None,
-            self.factory.vector_dtype,
             self.n,
             self.dim,
         )
         if loaded is None:
             return False
-        self._built, self.seq = loaded
+        built, seq = loaded
+        if adopt is None:
+            built.vectors = np.array(built.vectors, dtype=self.factory.vector_dtype)
+        else:
+            matrix = adopt(seq, built.in_index, built.vectors)
+            if matrix is None:
+                log.info("the job holds newer vectors than its saved graph: it will be rebuilt")
+                return False
+            built.vectors = matrix
+        self._built, self.seq = built, seq
         return True
 
     def delete(self) -> None:
@@ -382,13 +420,22 @@ class GraphKeeper:
             self._deleted = True
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _rebuild(self, ids: npt.NDArray[np.int64], vectors: RowSource, k: int) -> BuiltGraph:
+    def _rebuild(
+        self,
+        ids: npt.NDArray[np.int64],
+        vectors: RowSource,
+        k: int,
+        matrix: npt.NDArray[np.floating] | None = None,
+    ) -> BuiltGraph:
         """A fresh index and graph; the vectors are normalised block by block, so that the
-        build holds no second full-size copy of them."""
+        build holds no second full-size copy of them. matrix: where they are written (the
+        job's, which `vectors` may read), or None for a copy of the keeper's own."""
         index = self.factory.create(self.dim)
+        if matrix is None:
+            matrix = np.zeros((self.n, self.dim), dtype=self.factory.vector_dtype)
         built = BuiltGraph(
             index=index,
-            vectors=np.zeros((self.n, self.dim), dtype=self.factory.vector_dtype),
+            vectors=matrix,
             in_index=np.zeros(self.n, dtype=bool),
             graph=empty_graph(self.n, _LIST_WIDTH * k),
             k=k,
@@ -402,6 +449,14 @@ class GraphKeeper:
         if not self.factory.keep_index:
             built.index = None
         return built
+
+
+def _write_rows(
+    matrix: npt.NDArray[np.floating], ids: npt.NDArray[np.int64], unit: npt.NDArray[np.float32]
+) -> None:
+    for start in range(0, ids.size, BUILD_BLOCK):
+        part = slice(start, start + BUILD_BLOCK)
+        matrix[ids[part]] = unit[part]
 
 
 def _join_all(built: BuiltGraph, k: int, seq: int) -> KnnGraph:
@@ -420,4 +475,5 @@ def _join_all(built: BuiltGraph, k: int, seq: int) -> KnnGraph:
         expand=None,  # the whole list
         current=True,
         random_candidates=_JOIN_ALL_RANDOM,
+        in_place=True,
     )

@@ -59,7 +59,6 @@ def load_graph(
     folder: Path,
     index_kind: str,
     load_index: Callable[[Path], NeighborIndex] | None,
-    vector_dtype: str,
     n: int,
     dim: int,
 ) -> tuple[BuiltGraph, int] | None:
@@ -76,7 +75,8 @@ def load_graph(
         if load_index is not None and meta.get("index_dir") is not None:
             index = load_index(folder / str(meta["index_dir"]))
         graph = KnnGraph(np.load(files / "neighbors.npy"), np.load(files / "similarities.npy"))
-        vectors = np.load(files / "anchor.npy").astype(vector_dtype)
+        # Memory-mapped: the caller copies it into its own dtype, or into the job's matrix.
+        vectors = np.load(files / "anchor.npy", mmap_mode="r")
         in_index = np.load(files / "in_index.npy")
     except FileNotFoundError:
         return None

@@ -229,11 +229,7 @@ def _project(job: Job, data: RoundData | None, r: int | None, max_points: int) -
         total = int(embedded.size)
         if embedded.size > max_points:
             embedded = np.sort(rng.choice(embedded, size=max_points, replace=False))
-        vectors = (
-            job.arrays.embeddings[embedded]
-            if job.arrays.embeddings is not None
-            else np.zeros((0, job.spec.dim), dtype=np.float32)
-        )
+        vectors = job.arrays.newest_rows(embedded)
     ids, xy = project_for_map(embedded, vectors, seed, max_points=max(embedded.size, 1))
     importance = (
         data.importance[ids]

@@ -31,6 +31,7 @@ from grace_selection.service.errors import (
     NotFoundError,
     UnknownJobError,
 )
+from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.lifecycle import RoundLifecycle, get_utc_now
 from grace_selection.service.projection_cache import ProjectionCache
 from grace_selection.service.rounds import Body
@@ -45,7 +46,17 @@ class Job:
     def __init__(self, spec: JobSpec, keeper: JobKeeper) -> None:
         self.spec = spec
         self.keeper = keeper
-        self.arrays = JobArrays(spec.n, spec.dim, read_initial_strata(spec.request))
+        # The one-process keeper holds the job's embedding matrix as its vectors (one copy);
+        # the sharded one rebuilds from the stored rows every round.
+        self.arrays = JobArrays(
+            spec.n,
+            spec.dim,
+            read_initial_strata(spec.request),
+            shared=isinstance(keeper, GraphKeeper),
+            matrix_dtype=(
+                keeper.factory.vector_dtype if isinstance(keeper, GraphKeeper) else "float32"
+            ),
+        )
         self.lock = threading.Lock()
         self.rounds = RoundLifecycle(spec.job_id, spec.incarnation)
         self.checkpoint: CheckpointInfo | None = None

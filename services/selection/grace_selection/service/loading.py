@@ -17,6 +17,7 @@ from grace_selection.adapters.ports import ScoreStore
 from grace_selection.adapters.store_records import StoreError
 from grace_selection.service.batches import parse_batch
 from grace_selection.service.errors import JobFailedError, NotReadyError
+from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.jobs import CHECKPOINT_DOCUMENT, Job
 from grace_selection.service.sharded_keeper import JobKeeper
 from grace_selection.service.specs import JobSpec
@@ -54,7 +55,11 @@ def load_job(store: ScoreStore, spec: JobSpec, keeper: JobKeeper) -> Job:
         replayed += 1
     job.rounds.restore(store.read_manifests(spec.job_id))
     job.checkpoint_from(store.get_document(spec.job_id, CHECKPOINT_DOCUMENT))
-    loaded_index = job.keeper.load()
+    keeper = job.keeper
+    if isinstance(keeper, GraphKeeper):  # the graph's vectors become the job's matrix
+        loaded_index = keeper.load(job.arrays.adopt_graph)
+    else:
+        loaded_index = keeper.load()
     log.info(
         "loaded job %s: %d log entries replayed, %d rounds, index %s",
         spec.job_id,

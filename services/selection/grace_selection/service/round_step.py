@@ -21,7 +21,7 @@ import numpy.typing as npt
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.rounds import RoundResult, compute_round
-from grace_selection.service.graph_keeper import GraphUpdate
+from grace_selection.service.graph_keeper import GraphKeeper, GraphUpdate
 from grace_selection.service.sharded_keeper import JobKeeper, ShardedGraphKeeper
 from grace_selection.service.state import EmbeddedRows, JobArrays, RoundInputs
 
@@ -63,6 +63,9 @@ def step_round(
     guard: AbstractContextManager[Any] = nullcontext() if lock is None else lock
     with guard:
         inputs = arrays.round_inputs(round_, keeper.seq)
+        # One copy of the vectors (service.state): the graph holds the job's matrix, and
+        # takes every embedding that waited for this round.
+        taken = arrays.take_round_rows() if isinstance(keeper, GraphKeeper) else None
 
     def fetch_all() -> tuple[npt.NDArray[np.int64], EmbeddedRows, int]:
         rows = arrays.embedded_rows(guard)
@@ -70,7 +73,24 @@ def step_round(
 
     graph_start = time.perf_counter()
     graph, update = keeper.graph, None
-    if graph is None or inputs.changed_ids.size:
+    if taken is not None:
+        if graph is None or taken.ids.size:
+            try:
+                update = keeper.update(
+                    taken.ids,
+                    taken.rows,
+                    inputs.seq,
+                    config.k,
+                    config.drift_threshold,
+                    fetch_all,
+                    matrix=arrays.embeddings,
+                )
+            except BaseException:
+                with guard:
+                    arrays.return_round_rows(taken)
+                raise
+            graph = update.graph
+    elif graph is None or inputs.changed_ids.size:
         update = keeper.update(
             inputs.changed_ids,
             arrays.rows(inputs.changed_ids, inputs.seq, guard),

@@ -67,10 +67,13 @@ class ShardedGraphKeeper:
         k: int,
         drift_threshold: float,
         fetch_all: Callable[[], tuple[npt.NDArray[np.int64], RowSource, int]],
+        *,
+        matrix: npt.NDArray[np.floating] | None = None,
     ) -> GraphUpdate:
         """Build the shards and the global graph from every embedded row (ids and vectors,
-        the round's changes, are not needed: every round rebuilds)."""
-        del ids, vectors, drift_threshold
+        the round's changes, are not needed: every round rebuilds; the shards hold their own
+        parts, so a job's matrix is never held here)."""
+        del ids, vectors, drift_threshold, matrix
         start = time.perf_counter()
         all_ids, rows, all_seq = fetch_all()
         matrix = np.zeros((self.n, self.dim), dtype=np.float32)

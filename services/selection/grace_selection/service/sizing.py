@@ -30,18 +30,21 @@ _BUILD_BLOCK_ROWS = 65536
 def estimate_job_bytes(n: int, dim: int, k: int) -> int:
     """Bytes a job of n samples of dim, with a k-NN graph of k, holds at its peak.
 
-    The peak is a graph build: the embeddings (f4), the graph keeper's unit vectors (f4 by
-    default; GRACE_GRAPH_VECTORS=float16 halves them, the estimate stays at f4), the index
+    The peak is a graph build: the embeddings (f4 by default; GRACE_GRAPH_VECTORS=float16
+    halves them, the estimate stays at f4; once the graph holds them they are its unit
+    vectors), the rows that wait for the next round (f4; bounded by every row re-embedded
+    between two rounds, so counted as a second matrix: a trainer re-embedding all of them
+    is allowed), the index
     (dropped once the graph is built, unless GRACE_GRAPH_KEEP_INDEX), the graph (i4 + f4 per
     edge: the keeper's 2k-wide lists, a refresh's copy of them and the published k), and the
     block of rows the build normalises at a time.
     """
     embeddings = n * dim * 4
-    keeper_vectors = n * dim * 4
+    waiting = n * dim * 4
     index = n * (_INDEX_BYTES + _INDEX_BYTES_PER_DIM * dim)
     graph = 5 * n * k * 8
     rebuild = min(n, _BUILD_BLOCK_ROWS) * dim * 4
-    return embeddings + keeper_vectors + index + graph + rebuild + n * _ARRAY_BYTES
+    return embeddings + waiting + index + graph + rebuild + n * _ARRAY_BYTES
 
 
 def check_job_size(request: CreateJobRequest, limit_bytes: int) -> None:

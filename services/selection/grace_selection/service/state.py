@@ -2,6 +2,13 @@
 
 The same `apply` runs for a live batch and for one replayed from the log at start-up, so the
 state after a restart is the state before it. Snapshots (compaction) are these arrays.
+
+One copy of the vectors: when the job's graph keeper is the one-process GraphKeeper, the
+first round's build takes `embeddings` over as the graph's unit vectors (normalised in place)
+and the keeper reads and writes it from then on. The job is "held" from that moment: a new
+embedding waits in `pending` (service.pending_rows) until the next round takes it, measures
+its drift against the held row and writes it in. Before, the job kept the raw rows (1x) and
+the keeper its own unit vectors (1x more).
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.scores import NEVER_SCORED, ScoreTable
 from grace_selection.service.batches import Batch, EmbeddingBatch, ScoreBatch, StrataBatch
+from grace_selection.service.pending_rows import PendingRows, TakenRows
 
 NO_EMBEDDING = 0  # embedding_seq of a sample never embedded (log seqs start at 1)
+_COPY_BLOCK = 65536  # rows copied at a time from a saved graph's (memory-mapped) vectors
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -31,17 +41,37 @@ class RoundInputs:
 
 class JobArrays:
     """loss, importance: (N,) float32, NaN where unknown. scored_round: (N,) int32, the round
-    the importance was scored for (-1 never). embeddings: (N, dim) float32, allocated with the
-    first embedding batch. embedding_seq: (N,) int64, the log seq of each sample's newest
-    embedding (0 never). strata: (N,) int32 or None."""
+    the importance was scored for (-1 never). embeddings: (N, dim) float32 (or float16: see
+    matrix_dtype), allocated with the first embedding batch. embedding_seq: (N,) int64, the
+    log seq of each sample's newest embedding (0 never). strata: (N,) int32 or None.
 
-    def __init__(self, n: int, dim: int, strata: npt.NDArray[np.int32] | None = None) -> None:
+    shared: the graph keeper may take `embeddings` over (see the module's doc); matrix_dtype
+    is then its vectors' dtype (float16 stores unit rows: a raw row could overflow it).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        dim: int,
+        strata: npt.NDArray[np.int32] | None = None,
+        *,
+        shared: bool = False,
+        matrix_dtype: str = "float32",
+    ) -> None:
         self.n, self.dim = n, dim
+        self.shared = shared
+        self.matrix_dtype = np.dtype(matrix_dtype)
+        # Held: `embeddings` is the graph's (unit vectors, in its frame), and new embeddings
+        # wait in `pending`; held_seq is the log seq the held rows reflect.
+        self.held = False
+        self.held_seq = 0
+        self.pending = PendingRows(n, dim)
+        self.in_matrix = np.zeros(n, dtype=np.bool_)  # `embeddings` has a row for the sample
         self.loss = np.full(n, np.nan, dtype=np.float32)
         self.importance = np.full(n, np.nan, dtype=np.float32)
         self.scored_round = np.full(n, NEVER_SCORED, dtype=np.int32)
         self.embedding_seq = np.zeros(n, dtype=np.int64)
-        self.embeddings: npt.NDArray[np.float32] | None = None
+        self.embeddings: npt.NDArray[np.floating] | None = None
         self.strata = strata
         self.applied_seq = 0
         self.log_bytes = 0  # payload bytes applied since the last snapshot
@@ -54,15 +84,22 @@ class JobArrays:
     def reserve(self, batch: Batch) -> None:
         """Allocate what `apply(batch)` will write into (the embedding matrix, at the first
         embedding batch), so that applying cannot run out of memory; MemoryError here."""
-        if isinstance(batch, EmbeddingBatch) and self.embeddings is None:
-            self.embeddings = np.zeros((self.n, self.dim), dtype=np.float32)
+        if isinstance(batch, EmbeddingBatch):
+            if self.embeddings is None:
+                self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+            if self.held:
+                self.pending.reserve(batch.ids)
 
     def apply(self, batch: Batch, seq: int) -> None:
         """Apply a checked batch recorded at log position `seq`; the last write wins."""
         if isinstance(batch, EmbeddingBatch):
-            if self.embeddings is None:
-                self.embeddings = np.zeros((self.n, self.dim), dtype=np.float32)
-            self.embeddings[batch.ids] = batch.vectors
+            self.reserve(batch)
+            if self.held:
+                self.pending.put(batch.ids, batch.vectors)
+            else:
+                assert self.embeddings is not None  # reserved above
+                self.embeddings[batch.ids] = self._stored(batch.vectors)
+                self.in_matrix[batch.ids] = True
             self.embedding_seq[batch.ids] = seq
         elif isinstance(batch, ScoreBatch):
             if batch.loss is not None:
@@ -104,8 +141,71 @@ class JobArrays:
         """Every embedded sample, read a block at a time under `lock` (a full copy would be a
         second 1.5 GB at 1M x 384, held through a whole graph build)."""
         with lock:
+            if self.held:  # the rows the matrix holds; newer ones wait in `pending`
+                ids = np.flatnonzero(self.in_matrix).astype(np.int64)
+                return EmbeddedRows(self, ids, self.held_seq, lock)
             ids = np.flatnonzero(self.embedding_seq).astype(np.int64)
             return EmbeddedRows(self, ids, self.applied_seq, lock)
+
+    def take_round_rows(self) -> TakenRows | None:
+        """What a round's graph update takes in (call under the job lock); None unless shared.
+
+        The first time, the job becomes held: nothing waits yet, and the build normalises
+        the matrix's rows in place. After that, every waiting row, which the keeper then
+        writes into the matrix (`in_matrix` says so from now)."""
+        if not self.shared:
+            return None
+        if self.embeddings is None:
+            self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+        taken = self.pending.take()
+        self.in_matrix[taken.ids] = True
+        self.held, self.held_seq = True, self.applied_seq
+        return taken
+
+    def return_round_rows(self, taken: TakenRows) -> None:
+        """A round that failed gives its rows back (call under the job lock); a sample
+        embedded again meanwhile keeps its newer row."""
+        waiting, _ = self.pending.rows_of(taken.ids)
+        self.pending.put(taken.ids[~waiting], taken.rows[~waiting])
+
+    def adopt_graph(
+        self,
+        seq: int,
+        in_index: npt.NDArray[np.bool_],
+        vectors: npt.NDArray[np.floating],
+    ) -> npt.NDArray[np.floating] | None:
+        """Take a saved graph's vectors (as of log seq `seq`) as the matrix, at start-up after
+        the replay; returns the matrix, or None when the matrix holds newer rows than the
+        graph (the graph is then rebuilt from it).
+
+        Rows embedded after `seq` wait in `pending` (a replayed raw row is moved there), and a
+        waiting row the graph already took in is dropped."""
+        if not self.shared or (self.held and self.held_seq > seq):
+            return None
+        if self.embeddings is None:
+            self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+        newer = np.flatnonzero(self.embedding_seq > seq).astype(np.int64)
+        if not self.held:
+            raw = newer[self.in_matrix[newer]]
+            self.pending.put(raw, self.embeddings[raw].astype(np.float32))
+        self.pending.drop(np.flatnonzero(self.embedding_seq <= seq).astype(np.int64))
+        rows = np.flatnonzero(in_index).astype(np.int64)
+        for start in range(0, rows.size, _COPY_BLOCK):
+            block = rows[start : start + _COPY_BLOCK]
+            self.embeddings[block] = vectors[block]
+        self.in_matrix[:] = in_index
+        self.held, self.held_seq = True, seq
+        return self.embeddings
+
+    def newest_rows(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Copies of the newest embedding of each of `ids` (a held row is the graph's unit
+        vector; a waiting one is as it was sent)."""
+        if self.embeddings is None:
+            return np.zeros((ids.size, self.dim), dtype=np.float32)
+        rows = self.embeddings[ids].astype(np.float32)
+        waiting, pending = self.pending.rows_of(ids)
+        rows[waiting] = pending
+        return rows
 
     def rows(
         self, ids: npt.NDArray[np.int64], seq: int, lock: AbstractContextManager[Any]
@@ -116,12 +216,10 @@ class JobArrays:
     def embedded(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
         """(ids, copies of their embeddings, the log seq they reflect) of every embedded sample."""
         ids = np.flatnonzero(self.embedding_seq).astype(np.int64)
-        if self.embeddings is None:
-            return ids, np.zeros((0, self.dim), dtype=np.float32), self.applied_seq
-        return ids, self.embeddings[ids], self.applied_seq
+        return ids, self.newest_rows(ids), self.applied_seq
 
     def snapshot_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        """Copies of every array, for compaction off the lock."""
+        """Every array, for compaction off the lock: copies, but for a held matrix."""
         arrays: dict[str, npt.NDArray[Any]] = {
             "loss": self.loss.copy(),
             "importance": self.importance.copy(),
@@ -129,9 +227,17 @@ class JobArrays:
             "embedding_seq": self.embedding_seq.copy(),
         }
         if self.embeddings is not None:
-            arrays["embeddings"] = self.embeddings.copy()
+            # Held, only the round thread writes the matrix, and compaction runs on it: the
+            # matrix is written as it is, not copied (1x the raw vectors, held for the write).
+            arrays["embeddings"] = self.embeddings if self.held else self.embeddings.copy()
         if self.strata is not None:
             arrays["strata"] = self.strata.copy()
+        if self.held:
+            arrays["held_seq"] = np.array([self.held_seq], dtype=np.int64)
+            arrays["in_matrix"] = self.in_matrix.copy()
+            taken = self.pending
+            arrays["pending_ids"] = taken.ids.copy()
+            arrays["pending_rows"] = taken.rows_of(taken.ids)[1]
         return arrays
 
     def load_snapshot(self, seq: int, arrays: dict[str, npt.NDArray[Any]]) -> None:
@@ -141,16 +247,41 @@ class JobArrays:
         self.scored_round = np.array(arrays["scored_round"], dtype=np.int32)
         self.embedding_seq = np.array(arrays["embedding_seq"], dtype=np.int64)
         if "embeddings" in arrays:
-            self.embeddings = np.array(arrays["embeddings"], dtype=np.float32)
+            self.embeddings = np.array(arrays["embeddings"], dtype=self.matrix_dtype)
         if "strata" in arrays:
             self.strata = np.array(arrays["strata"], dtype=np.int32)
+        self.pending.clear()
+        if "held_seq" in arrays and self.shared:
+            self.held, self.held_seq = True, int(arrays["held_seq"][0])
+            self.in_matrix = np.array(arrays["in_matrix"], dtype=np.bool_)
+            self.pending.put(
+                np.asarray(arrays["pending_ids"], np.int64),
+                np.asarray(arrays["pending_rows"], np.float32),
+            )
+        elif "held_seq" in arrays:
+            # Saved held, loaded by a keeper that does not share (sharded): the newest row of
+            # every sample goes back into the matrix.
+            self.held = False
+            pending_ids = np.asarray(arrays["pending_ids"], np.int64)
+            if self.embeddings is not None and pending_ids.size:
+                self.embeddings[pending_ids] = self._stored(arrays["pending_rows"])
+            self.in_matrix = self.embedding_seq > 0
+        else:
+            self.held = False
+            self.in_matrix = self.embedding_seq > 0
         self.applied_seq = seq
         self.log_bytes = 0
 
     def state_bytes(self) -> int:
         """Roughly what a snapshot of this state costs to write."""
         embedded = self.embeddings.nbytes if self.embeddings is not None else 0
-        return embedded + self.n * 24
+        return int(embedded + self.pending.nbytes + self.n * 24)
+
+    def _stored(self, rows: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+        """Rows as the matrix stores them: float16 holds unit rows (a raw one may overflow)."""
+        if self.matrix_dtype == np.float16:
+            return normalize_rows(np.asarray(rows, np.float32)).astype(np.float16)
+        return rows
 
 
 class EmbeddedRows:
@@ -177,4 +308,4 @@ class EmbeddedRows:
             embeddings = self._arrays.embeddings
             if embeddings is None:
                 return np.zeros((len(self.ids[rows]), self._arrays.dim), dtype=np.float32)
-            return embeddings[self.ids[rows]]
+            return embeddings[self.ids[rows]].astype(np.float32, copy=False)
