@@ -10,7 +10,9 @@ The job's state is the service's `JobArrays`, fed the service's batches.
 - `product`: `step_round` with a `GraphKeeper` over `HnswNeighborIndex` (the round runner's
   path), then the round's arrays published to a `LocalScoreStore`; the keeper drops the
   build's index and the graph searches itself. `product-index` keeps the index
-  (GRACE_GRAPH_KEEP_INDEX=true) and `product-f16` stores GRACE_GRAPH_VECTORS=float16.
+  (GRACE_GRAPH_KEEP_INDEX=true), `product-f16` stores GRACE_GRAPH_VECTORS=float16 and
+  `product-parts1` builds with one index (GRACE_GRAPH_BUILD_PARTS=1; the default is two in
+  turn).
   `before`: the same path with the graph keeper and HNSW index of the commit this work started
   from (loaded from git), which rebuilds when more than 6% of N drifted beyond tau.
 - peers (round_peers.py): only their graph upkeep is timed, over the same changes.
@@ -55,7 +57,8 @@ from grace_selection.api.app import make_index_factory
 from grace_selection.core import rounds as core_rounds
 from grace_selection.core.config import SelectionConfig
 from grace_selection.service.batches import EmbeddingBatch, ScoreBatch
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.keeper_types import IndexFactory
 from grace_selection.service.resources import release_free_memory
 from grace_selection.service.round_step import step_round
 from grace_selection.service.state import JobArrays
@@ -216,7 +219,10 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
         else:
             dtype = "float16" if keeper_name == "product-f16" else "float32"
             factory = make_index_factory(
-                "hnsw", vector_dtype=dtype, keep_index=keeper_name == "product-index"
+                "hnsw",
+                vector_dtype=dtype,
+                keep_index=keeper_name == "product-index",
+                build_parts=1 if keeper_name == "product-parts1" else 0,
             )
             keeper = GraphKeeper(n, DIM, factory, Path(folder.name) / "g")
         previous = np.full(n, np.nan, np.float32)
@@ -373,7 +379,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100000")
     parser.add_argument(
-        "--keepers", default="product,product-index,product-f16,before," + ",".join(PEERS)
+        "--keepers",
+        default="product,product-index,product-f16,product-parts1,before," + ",".join(PEERS),
     )
     parser.add_argument("--rounds", type=int, default=3, help="later rounds after round 0")
     parser.add_argument("--json", type=Path, default=Path("docs/results/round.json"))

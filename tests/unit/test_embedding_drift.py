@@ -9,7 +9,8 @@ import numpy as np
 
 from grace_lab.embedding_drift import drift_row, markdown
 from grace_selection.adapters.brute_force_index import BruteForceIndex
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.keeper_types import IndexFactory
 
 N, DIM, K = 120, 8, 5
 

@@ -18,7 +18,8 @@ from grace_selection.api.app import make_index_factory
 from grace_selection.core import recall as recall_module
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.recall import sampled_recall
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.keeper_types import IndexFactory
 from grace_selection.settings import ServiceSettings
 
 N, DIM, K = 300, 12, 5
@@ -98,7 +99,7 @@ def test_samples_without_embeddings_have_no_edges(tmp_path: Path) -> None:
 @pytest.mark.parametrize("keep_index", [False, True])
 @pytest.mark.parametrize("kind", ["brute", "hnsw"])
 def test_snapshot_round_trip_and_damage(tmp_path: Path, kind: str, keep_index: bool) -> None:
-    factory = dataclasses.replace(make_index_factory(kind), keep_index=keep_index)
+    factory = make_index_factory(kind, keep_index=keep_index)
     vectors = data(6)
     keeper = GraphKeeper(N, DIM, factory, tmp_path / "idx")
     ids = np.arange(N, dtype=np.int64)
@@ -179,7 +180,7 @@ def test_a_snapshot_with_an_index_loads_without_it_and_the_next_save_drops_it(
     """Snapshots made while the index was kept name its folder: a keeper that drops the index
     loads the graph alone, refreshes by searching the graph, and removes the old folder."""
     vectors = data(12)
-    kept = dataclasses.replace(FACTORY, keep_index=True)
+    kept = dataclasses.replace(FACTORY, keep_index=True, build_parts=1)
     ids = np.arange(N, dtype=np.int64)
     old = GraphKeeper(N, DIM, kept, tmp_path)
     old.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))

@@ -18,7 +18,8 @@ import numpy.typing as npt
 from grace_selection.adapters.brute_force_index import BruteForceIndex
 from grace_selection.core.config import SelectionConfig
 from grace_selection.service.batches import EmbeddingBatch, ScoreBatch
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.keeper_types import IndexFactory
 from grace_selection.service.round_step import RoundOutcome, step_round
 from grace_selection.service.state import JobArrays
 

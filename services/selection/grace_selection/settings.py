@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -71,6 +71,15 @@ class ServiceSettings(BaseSettings):
         "vector, 1.16x the raw ones at d = 384) and re-query it for new and far-moved samples; "
         "by default it is dropped and the graph searches itself",
     )
+    graph_build_parts: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="a graph build inserts the samples into this many indexes, one after the "
+        "other, each queried by every sample and then dropped: the index held at once is 1/n "
+        "of the samples (at 1M x 384, 2 parts keep round 0 under 2x the raw vectors, 7% "
+        "slower than one index and 31% at 100k); 0: 2, or 1 with GRACE_GRAPH_KEEP_INDEX",
+    )
     shards: int = Field(
         0,
         ge=0,
@@ -121,6 +130,16 @@ class ServiceSettings(BaseSettings):
                 "or use GRACE_INDEX=hnsw"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_build_parts(self) -> ServiceSettings:
+        if self.graph_keep_index and self.graph_build_parts > 1:
+            raise ValueError(
+                f"GRACE_GRAPH_KEEP_INDEX=true keeps the one index a build makes, but "
+                f"GRACE_GRAPH_BUILD_PARTS={self.graph_build_parts} builds several and drops "
+                "each: set GRACE_GRAPH_BUILD_PARTS=1, or GRACE_GRAPH_KEEP_INDEX=false"
+            )
+        return self
 
     @field_validator("token")
     @classmethod

@@ -28,7 +28,7 @@ from grace_selection.api.metrics import RequestTimer, ServiceMetrics
 from grace_selection.api.routes import health, ingest, inspection, jobs, rounds
 from grace_selection.dashboard.router import create_dashboard_router
 from grace_selection.service.gauges import JobGauges
-from grace_selection.service.graph_keeper import IndexFactory
+from grace_selection.service.keeper_types import IndexFactory
 from grace_selection.service.registry import SelectionService
 from grace_selection.service.resources import fix_mmap_threshold
 from grace_selection.settings import ServiceSettings
@@ -55,12 +55,19 @@ def make_index_factory(
     recall_floor: float = 0.8,
     recall_target: float = 0.9,
     keep_index: bool = False,
+    build_parts: int = 0,
 ) -> IndexFactory:
     """The NeighborIndex adapter GRACE_INDEX names (hnsw: approximate, brute: exact; torch and
     faiss: exact on GRACE_INDEX_DEVICE, checked here so that a missing GPU fails at start), and
     how the graph keeper stores its vectors (GRACE_GRAPH_VECTORS) and the recall below which it
     rebuilds (GRACE_GRAPH_RECALL_FLOOR), or joins every row again (GRACE_GRAPH_RECALL_TARGET), and
-    whether it keeps the build's index for re-queries (GRACE_GRAPH_KEEP_INDEX)."""
+    whether it keeps the build's index for re-queries (GRACE_GRAPH_KEEP_INDEX) or builds in
+    parts, one index at a time (GRACE_GRAPH_BUILD_PARTS)."""
+    if keep_index and build_parts > 1:
+        raise ValueError("keep_index needs build_parts=1: a build in parts keeps no index")
+    # Two parts by default: round 0 of a 1M x 384 job under 2x its raw vectors (one index:
+    # 2.45x), 7% slower at 1M and 31% at 100k (docs/results/round.md).
+    build_parts = build_parts or (1 if keep_index else 2)
     if kind in ("torch", "faiss"):
         from grace_selection.adapters.device_index import DeviceExactIndex, import_backend
 
@@ -74,7 +81,14 @@ def make_index_factory(
             return DeviceExactIndex.load(path, backend, device)
 
         return IndexFactory(
-            kind, create_exact, load_exact, vector_dtype, recall_floor, recall_target, keep_index
+            kind,
+            create_exact,
+            load_exact,
+            vector_dtype,
+            recall_floor,
+            recall_target,
+            keep_index,
+            build_parts,
         )
     if kind == "brute":
         from grace_selection.adapters.brute_force_index import BruteForceIndex
@@ -90,6 +104,7 @@ def make_index_factory(
             recall_floor,
             recall_target,
             keep_index,
+            build_parts,
         )
     from grace_selection.adapters.hnsw_index import HnswNeighborIndex
 
@@ -104,6 +119,7 @@ def make_index_factory(
         recall_floor,
         recall_target,
         keep_index,
+        build_parts,
     )
 
 
@@ -153,6 +169,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 recall_floor=settings.graph_recall_floor,
                 recall_target=settings.graph_recall_target,
                 keep_index=settings.graph_keep_index,
+                build_parts=settings.graph_build_parts,
             ),
             Path(settings.data_dir),
             events=metrics,

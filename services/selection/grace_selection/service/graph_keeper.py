@@ -48,14 +48,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.adapters.ports import NeighborIndex
 from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.descent import join_rows, rescore_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
@@ -68,11 +65,20 @@ from grace_selection.service.built_graph import (
     drift_distances,
     empty_graph,
     full_graph,
+    graph_in_parts,
+    join_every_row,
     requery_rows,
     unit_rows_in_place,
     upsert_rows,
+    write_rows,
 )
 from grace_selection.service.graph_snapshot import load_graph, save_graph
+from grace_selection.service.keeper_types import (
+    AdoptVectors,
+    GraphUpdate,
+    IndexFactory,
+    RowSource,
+)
 
 log = logging.getLogger(__name__)
 # hnswlib updates an existing label ~16x slower than it inserts a new one (measured here:
@@ -102,60 +108,6 @@ _JOIN_ITERATIONS = 1
 # 0.898, 0.888 and 0.884 and ran again every round; this one (about 20 s) brought it to 0.950,
 # and the next two rounds, joins alone, held 0.937 and 0.917.
 _JOIN_ALL_RANDOM = 8
-
-
-class RowSource(Protocol):
-    """(m, dim) rows read a slice at a time: an array, or the job's embeddings copied block by
-    block under its lock (service.state.EmbeddedRows)."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-    def __getitem__(self, rows: slice, /) -> npt.NDArray[np.floating]: ...
-
-
-# (seq, in_index, vectors) -> the job's matrix holding them, or None (GraphKeeper.load)
-AdoptVectors = Callable[
-    [int, npt.NDArray[np.bool_], npt.NDArray[np.floating]], npt.NDArray[np.floating] | None
-]
-
-
-@dataclass(frozen=True, slots=True)
-class IndexFactory:
-    """How to make an empty index of a dimension, and how to load a saved one."""
-
-    kind: str
-    create: Callable[[int], NeighborIndex]
-    load: Callable[[Path], NeighborIndex]
-    vector_dtype: str = "float32"  # the keeper's copy of the unit vectors: float32 or float16
-    # After a refresh, recall@k of the graph on a sample of rows against exact search over the
-    # keeper's vectors; below this floor the graph is rebuilt (0 never rebuilds for it).
-    recall_floor: float = 0.8
-    # Below this (and at or above the floor) every row is joined once more, then measured
-    # again: a pass reading whole lists costs about twice a round's joins (20 s at 1M), a
-    # rebuild 15x that.
-    recall_target: float = 0.9
-    # Keep the index after a build and answer re-queries from it. By default the build's
-    # index is dropped (it holds its own copy of every vector, 1.16x the raw ones at d = 384)
-    # and the graph answers them itself (core.graph_search).
-    keep_index: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GraphUpdate:
-    """upserted: samples whose new place the graph took in (new, or moved beyond tau; all
-    embedded samples on a rebuild); requeried: rows the index answered afresh (all N on a
-    rebuild); joined: rows rebuilt by local joins."""
-
-    graph: KnnGraph
-    seconds: float
-    upserted: int
-    requeried: int
-    rebuilt: bool
-    joined: int = 0
-    # recall@k of the refreshed graph on a sample of rows (None after a build, which is exact
-    # or as good as the index makes it); a refresh that fell below the floor is rebuilt.
-    recall: float | None = None
 
 
 class GraphKeeper:
@@ -242,7 +194,7 @@ class GraphKeeper:
                         recall,
                         self.factory.recall_target,
                     )
-                    built.graph = _join_all(built, k, seq)
+                    built.graph = join_every_row(built, seq, _JOIN_ALL_RANDOM)
                     joined = int(np.count_nonzero(built.in_index))
                     published = built.publish()
                     recall = sampled_recall(published, built.vectors, built.in_index, seq + 1)
@@ -269,10 +221,10 @@ class GraphKeeper:
                     rebuilt.publish(), seconds, embedded.size, self.n, True, 0, recall
                 )
             if matrix is not None:  # the build reads the fresh rows from the matrix
-                _write_rows(matrix, ids, unit)
+                write_rows(matrix, ids, unit)
         elif matrix is not None and ids.size:
             fresh = unit_rows_in_place(np.array(vectors[0 : ids.size], np.float32, copy=None))
-            _write_rows(matrix, ids, fresh)
+            write_rows(matrix, ids, fresh)
         all_ids, all_vectors, all_seq = fetch_all()
         built = self._rebuild(all_ids, all_vectors, k, matrix)
         self._built, self._dirty = built, True
@@ -440,6 +392,10 @@ class GraphKeeper:
             graph=empty_graph(self.n, _LIST_WIDTH * k),
             k=k,
         )
+        if self.factory.build_parts > 1:
+            built.index = None
+            graph_in_parts(self.factory.create, built, ids, vectors, self.factory.build_parts)
+            return built
         for start in range(0, ids.size, BUILD_BLOCK):
             block = slice(start, start + BUILD_BLOCK)
             upsert_rows(
@@ -449,31 +405,3 @@ class GraphKeeper:
         if not self.factory.keep_index:
             built.index = None
         return built
-
-
-def _write_rows(
-    matrix: npt.NDArray[np.floating], ids: npt.NDArray[np.int64], unit: npt.NDArray[np.float32]
-) -> None:
-    for start in range(0, ids.size, BUILD_BLOCK):
-        part = slice(start, start + BUILD_BLOCK)
-        matrix[ids[part]] = unit[part]
-
-
-def _join_all(built: BuiltGraph, k: int, seq: int) -> KnnGraph:
-    """One pass of local joins over every row (NN-descent's step), from its neighbours' whole
-    lists: rows that drifted in a little at a time, never far enough to be joined, find their
-    neighbours again."""
-    rows = np.flatnonzero(built.in_index).astype(np.int64)
-    rng = np.random.default_rng([seq, 0x10])
-    return join_rows(
-        built.graph,
-        built.vectors,
-        rows,
-        built.in_index,
-        rng,
-        iterations=1,
-        expand=None,  # the whole list
-        current=True,
-        random_candidates=_JOIN_ALL_RANDOM,
-        in_place=True,
-    )

@@ -43,9 +43,10 @@ from grace_selection.service.errors import (
 )
 from grace_selection.service.events import NoEvents, ServiceEvents
 from grace_selection.service.gauges import JobGauges, describe_gauges
-from grace_selection.service.graph_keeper import GraphKeeper, IndexFactory
+from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.inspection import describe_round, describe_sample, project
 from grace_selection.service.jobs import Job
+from grace_selection.service.keeper_types import IndexFactory
 from grace_selection.service.loading import FailedJob, StartupLoad, describe_failure, load_job
 from grace_selection.service.resources import lower_thread_priority
 from grace_selection.service.round_changes import (
@@ -190,7 +191,7 @@ class SelectionService:
             if failed is not None:
                 raise failed.refusal()
             if existing is None:
-                check_job_size(request, self.max_job_bytes)
+                check_job_size(request, self.max_job_bytes, self.make_index_factory.build_parts)
                 if not self.store.create_job(request.job_id, spec.to_bytes()):
                     raise ConflictError(
                         f"job {request.job_id!r} exists in the store but not in this process",

@@ -21,7 +21,8 @@ import numpy.typing as npt
 from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.rounds import RoundResult, compute_round
-from grace_selection.service.graph_keeper import GraphKeeper, GraphUpdate
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.keeper_types import GraphUpdate
 from grace_selection.service.sharded_keeper import JobKeeper, ShardedGraphKeeper
 from grace_selection.service.state import EmbeddedRows, JobArrays, RoundInputs
 

@@ -31,7 +31,8 @@ from grace_selection.core.config import SelectionConfig
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.partitioned import merge_part_selections
 from grace_selection.core.selectors import SELECTORS, Selector
-from grace_selection.service.graph_keeper import GraphKeeper, GraphUpdate, RowSource
+from grace_selection.service.graph_keeper import GraphKeeper
+from grace_selection.service.keeper_types import GraphUpdate, RowSource
 
 log = logging.getLogger(__name__)
 # Rows copied from the job's embeddings per step (65,536 x 384 x 4 B = 96 MiB).

@@ -27,7 +27,7 @@ _INDEX_BYTES_PER_DIM = 4
 _BUILD_BLOCK_ROWS = 65536
 
 
-def estimate_job_bytes(n: int, dim: int, k: int) -> int:
+def estimate_job_bytes(n: int, dim: int, k: int, build_parts: int = 1) -> int:
     """Bytes a job of n samples of dim, with a k-NN graph of k, holds at its peak.
 
     The peak is a graph build: the embeddings (f4 by default; GRACE_GRAPH_VECTORS=float16
@@ -41,22 +41,24 @@ def estimate_job_bytes(n: int, dim: int, k: int) -> int:
     """
     embeddings = n * dim * 4
     waiting = n * dim * 4
-    index = n * (_INDEX_BYTES + _INDEX_BYTES_PER_DIM * dim)
+    # A build in parts (GRACE_GRAPH_BUILD_PARTS) holds one part's index at a time.
+    index = -(-n // max(1, build_parts)) * (_INDEX_BYTES + _INDEX_BYTES_PER_DIM * dim)
     graph = 5 * n * k * 8
     rebuild = min(n, _BUILD_BLOCK_ROWS) * dim * 4
     return embeddings + waiting + index + graph + rebuild + n * _ARRAY_BYTES
 
 
-def check_job_size(request: CreateJobRequest, limit_bytes: int) -> None:
+def check_job_size(request: CreateJobRequest, limit_bytes: int, build_parts: int = 1) -> None:
     """Refuse a job whose estimate is over `limit_bytes`, naming the fields and the limit."""
-    needed = estimate_job_bytes(request.n_samples, request.dim, request.config.k)
+    needed = estimate_job_bytes(request.n_samples, request.dim, request.config.k, build_parts)
     if needed <= limit_bytes:
         return
     raise InvalidInputError(
         f"n_samples={request.n_samples} x dim={request.dim} needs about "
         f"{needed / GIB:.1f} GiB of memory, over this service's limit of "
         f"{limit_bytes / GIB:.1f} GiB per job (GRACE_MAX_JOB_BYTES, by default half of the "
-        "machine's memory): use a smaller dim or fewer samples per job, or raise the limit",
+        "machine's memory): use a smaller dim or fewer samples per job, build the graph in "
+        "parts (GRACE_GRAPH_BUILD_PARTS), or raise the limit",
         field="n_samples",
         code="job_too_large",
         extra={"fields": ["n_samples", "dim"], "needed_bytes": needed, "limit_bytes": limit_bytes},
