@@ -77,8 +77,8 @@ class ServiceSettings(BaseSettings):
         le=64,
         description="a graph build inserts the samples into this many indexes, one after the "
         "other, each queried by every sample and then dropped: the index held at once is 1/n "
-        "of the samples (at 1M x 384, 2 parts keep round 0 under 2x the raw vectors, 7% "
-        "slower than one index and 31% at 100k); 0: 2, or 1 with GRACE_GRAPH_KEEP_INDEX",
+        "of the samples (at 1M x 384, 2 parts keep round 0 under 2x the raw vectors, 8% "
+        "slower than one index and 19% at 100k); 0: 2, or 1 with GRACE_GRAPH_KEEP_INDEX",
     )
     shards: int = Field(
         0,

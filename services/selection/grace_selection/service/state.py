@@ -247,7 +247,11 @@ class JobArrays:
         self.scored_round = np.array(arrays["scored_round"], dtype=np.int32)
         self.embedding_seq = np.array(arrays["embedding_seq"], dtype=np.int64)
         if "embeddings" in arrays:
-            self.embeddings = np.array(arrays["embeddings"], dtype=self.matrix_dtype)
+            # The store's array becomes the matrix when it can (at start-up a copy was a second
+            # 1x of the raw vectors).
+            stored = np.asarray(arrays["embeddings"], dtype=self.matrix_dtype)
+            writable = stored.flags.writeable and stored.flags.c_contiguous
+            self.embeddings = stored if writable else np.array(stored)
         if "strata" in arrays:
             self.strata = np.array(arrays["strata"], dtype=np.int32)
         self.pending.clear()
