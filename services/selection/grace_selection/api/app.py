@@ -53,7 +53,7 @@ def make_index_factory(
     vector_dtype: str = "float32",
     device: str = "cuda",
     recall_floor: float = 0.8,
-    recall_target: float = 0.9,
+    recall_target: float = 0.92,
     keep_index: bool = False,
     build_parts: int = 0,
 ) -> IndexFactory:
