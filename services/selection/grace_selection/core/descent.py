@@ -82,7 +82,7 @@ def rescore_edges(
     re-sort the rows that hold one. vectors: (N, d) current unit vectors (float32 or float16).
     Compiled when numba is enabled and the vectors are float32, else numpy; the same graph.
     in_place: write into `graph`'s arrays (an owner of them saves a copy of the lists)."""
-    nb, sim = _arrays_of(graph, in_place)
+    nb, sim = lists_of(graph, in_place)
     if _compiled(vectors):
         moved = np.ascontiguousarray(moved, dtype=np.bool_)
         rescore = join_kernels().rescore_edges
@@ -139,7 +139,7 @@ def join_rows(
     input's arrays are rebuilt (an owner of them saves two copies of the lists at 1M).
     """
     row_ids = np.unique(np.asarray(rows, dtype=np.int64))
-    nb, sim = _arrays_of(graph, in_place)
+    nb, sim = lists_of(graph, in_place)
     pool = np.flatnonzero(present).astype(np.int64)
     if row_ids.size == 0 or graph.k == 0 or pool.size < 2:
         return graph
@@ -182,9 +182,10 @@ def join_rows(
     return KnnGraph(nb, sim)
 
 
-def _arrays_of(
+def lists_of(
     graph: KnnGraph, in_place: bool
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """`graph`'s neighbour and similarity arrays to write into: its own (in_place) or copies."""
     if in_place:
         return graph.neighbors, graph.similarities
     return graph.neighbors.copy(), graph.similarities.copy()

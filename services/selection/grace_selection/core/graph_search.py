@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.descent import best_distinct, join_rows
+from grace_selection.core.descent import best_distinct, join_rows, lists_of
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 IdArray = npt.NDArray[np.int64]
@@ -77,10 +77,7 @@ def seed_rows(
 ) -> KnnGraph:
     """Each of `rows`' lists merged with its nearest `routes` (exact), best first, distinct,
     never itself. A new graph; the input is untouched, unless `in_place`."""
-    if in_place:
-        nb, sim = graph.neighbors, graph.similarities
-    else:
-        nb, sim = graph.neighbors.copy(), graph.similarities.copy()
+    nb, sim = lists_of(graph, in_place)
     width = graph.k
     take = min(width, routes.size)
     route_vectors = vectors[routes].astype(np.float32, copy=False)  # (s, d)

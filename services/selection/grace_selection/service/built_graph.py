@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +19,7 @@ from grace_selection.adapters.vectors import normalize_rows
 from grace_selection.core.descent import join_rows, measure_unit_drift, merge_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 from grace_selection.core.repair import replace_rows
+from grace_selection.service.keeper_types import RowSource
 
 # A re-query asks for this many more than k: the index ranks by the places samples had when
 # they were upserted, and the answers are re-ranked by their current vectors.
@@ -31,12 +31,6 @@ _QUERY_BLOCK = 8192
 # Re-queried rows re-ranked per step: their answers' vectors, 8192 x 13 x 384 x 4 B = 156 MiB
 # (at 1M the benchmark re-queries ~69k rows: 1.3 GB gathered at once).
 _RERANK_BLOCK = 8192
-
-
-class RowsByBlock(Protocol):
-    """(m, dim) rows read a slice at a time (service.graph_keeper.RowSource)."""
-
-    def __getitem__(self, rows: slice, /) -> npt.NDArray[np.floating]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -95,7 +89,7 @@ def graph_in_parts(
     create: Callable[[int], NeighborIndex],
     built: BuiltGraph,
     ids: npt.NDArray[np.int64],
-    rows: RowsByBlock,
+    rows: RowSource,
     parts: int,
 ) -> None:
     """Fill `built` (no index) from the rows of `ids`, with `parts` indexes one after the other.

@@ -48,14 +48,13 @@ class Job:
         self.keeper = keeper
         # The one-process keeper holds the job's embedding matrix as its vectors (one copy);
         # the sharded one rebuilds from the stored rows every round.
+        factory = keeper.factory if isinstance(keeper, GraphKeeper) else None
         self.arrays = JobArrays(
             spec.n,
             spec.dim,
             read_initial_strata(spec.request),
-            shared=isinstance(keeper, GraphKeeper),
-            matrix_dtype=(
-                keeper.factory.vector_dtype if isinstance(keeper, GraphKeeper) else "float32"
-            ),
+            shared=factory is not None,
+            matrix_dtype="float32" if factory is None else factory.vector_dtype,
         )
         self.lock = threading.Lock()
         self.rounds = RoundLifecycle(spec.job_id, spec.incarnation)

@@ -85,8 +85,7 @@ class JobArrays:
         """Allocate what `apply(batch)` will write into (the embedding matrix, at the first
         embedding batch), so that applying cannot run out of memory; MemoryError here."""
         if isinstance(batch, EmbeddingBatch):
-            if self.embeddings is None:
-                self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+            self._matrix()  # before the batch is journalled: MemoryError here
             if self.held:
                 self.pending.reserve(batch.ids)
 
@@ -155,8 +154,7 @@ class JobArrays:
         writes into the matrix (`in_matrix` says so from now)."""
         if not self.shared:
             return None
-        if self.embeddings is None:
-            self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+        self._matrix()  # a job whose first batch was scores only has none yet
         taken = self.pending.take()
         self.in_matrix[taken.ids] = True
         self.held, self.held_seq = True, self.applied_seq
@@ -182,20 +180,19 @@ class JobArrays:
         waiting row the graph already took in is dropped."""
         if not self.shared or (self.held and self.held_seq > seq):
             return None
-        if self.embeddings is None:
-            self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+        matrix = self._matrix()
         newer = np.flatnonzero(self.embedding_seq > seq).astype(np.int64)
         if not self.held:
             raw = newer[self.in_matrix[newer]]
-            self.pending.put(raw, self.embeddings[raw].astype(np.float32))
+            self.pending.put(raw, matrix[raw].astype(np.float32))
         self.pending.drop(np.flatnonzero(self.embedding_seq <= seq).astype(np.int64))
         rows = np.flatnonzero(in_index).astype(np.int64)
         for start in range(0, rows.size, _COPY_BLOCK):
             block = rows[start : start + _COPY_BLOCK]
-            self.embeddings[block] = vectors[block]
+            matrix[block] = vectors[block]
         self.in_matrix[:] = in_index
         self.held, self.held_seq = True, seq
-        return self.embeddings
+        return matrix
 
     def newest_rows(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """Copies of the newest embedding of each of `ids` (a held row is the graph's unit
@@ -280,6 +277,12 @@ class JobArrays:
         """Roughly what a snapshot of this state costs to write."""
         embedded = self.embeddings.nbytes if self.embeddings is not None else 0
         return int(embedded + self.pending.nbytes + self.n * 24)
+
+    def _matrix(self) -> npt.NDArray[np.floating]:
+        """The embedding matrix, allocated at first use."""
+        if self.embeddings is None:
+            self.embeddings = np.zeros((self.n, self.dim), dtype=self.matrix_dtype)
+        return self.embeddings
 
     def _stored(self, rows: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
         """Rows as the matrix stores them: float16 holds unit rows (a raw one may overflow)."""
