@@ -346,3 +346,52 @@ def test_in_place_steps_give_the_graph_of_the_copying_ones(mode: str) -> None:
     np.testing.assert_array_equal(joined.neighbors, copied.neighbors)
     np.testing.assert_array_equal(joined.similarities, copied.similarities)
     assert not np.array_equal(graph.neighbors, copied.neighbors)  # the input was copied
+
+
+@needs_numba
+def test_join_in_walk_order_builds_the_graph_of_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ranks` only orders the compiled pass (for the cache): a walk of the graph, or any
+    other order, on threads and over two passes, gives the graph of id order and of numpy."""
+    graph, vectors, moved, rows = drifted_round(6, 900, 12, 6)
+    present = np.ones(graph.n, dtype=np.bool_)
+    present[::11] = False
+    monkeypatch.setattr(descent, "_THREADS", 3)
+    monkeypatch.setattr(descent, "_THREAD_MIN_ROWS", 1)
+    rescored = run_with("1", rescore_edges, graph, vectors, moved)
+    walk = run_with("1", descent.walk_ranks, rescored)
+    assert walk is not None
+    shuffled = np.random.default_rng(2).permutation(graph.n).astype(np.int64)
+    graphs = {}
+    for name, mode, ranks in (
+        ("id", "1", None),
+        ("walk", "1", walk),
+        ("shuffled", "1", shuffled),
+        ("numpy", "0", walk),
+    ):
+        rng = np.random.default_rng(0)
+        graphs[name] = run_with(
+            mode, join_rows, rescored, vectors, rows, present, rng, iterations=2, ranks=ranks
+        )
+    for name in ("walk", "shuffled"):
+        np.testing.assert_array_equal(graphs[name].neighbors, graphs["id"].neighbors)
+        np.testing.assert_array_equal(graphs[name].similarities, graphs["id"].similarities)
+    assert_same_graph(graphs["numpy"], graphs["id"])
+
+
+@needs_numba
+def test_walk_ranks_place_every_node_once_near_its_neighbours() -> None:
+    rng = np.random.default_rng(7)
+    vectors = clustered(1200, 16, rng)
+    graph = exact(vectors, 8)
+    nb = graph.neighbors.copy()
+    nb[100:110] = NO_NEIGHBOR  # rows without edges still get a place
+    nb[200, 3:] = NO_NEIGHBOR
+    sparse = KnnGraph(nb, graph.similarities)
+    ranks = run_with("1", descent.walk_ranks, sparse)
+    assert ranks is not None
+    np.testing.assert_array_equal(np.sort(ranks), np.arange(graph.n))
+    # A node and its nearest neighbour sit close in the walk (random places: ~n / 3 apart).
+    listed = nb[:, 0] >= 0
+    gaps = np.abs(ranks[listed] - ranks[nb[listed, 0]])
+    assert np.median(gaps) <= 0.01 * graph.n
+    assert run_with("0", descent.walk_ranks, sparse) is None  # the numpy pass takes id order

@@ -127,6 +127,7 @@ def join_rows(
     expand: int | None = None,
     current: bool = False,
     in_place: bool = False,
+    ranks: IdArray | None = None,
 ) -> KnnGraph:
     """Rebuild `rows` from their neighbours' neighbours, then offer their edges back.
 
@@ -137,6 +138,9 @@ def join_rows(
     a row's own entries are not scored again (a fifth of a join's dot products at expand
     k / 2). Returns a new graph and leaves the input untouched, unless `in_place`: then the
     input's arrays are rebuilt (an owner of them saves two copies of the lists at 1M).
+    ranks: (N,) each node's place in a walk of the graph (`walk_ranks`): the compiled pass
+    rebuilds the rows in that order, which reads neighbourhoods while they are in the cache
+    (1M x 384: 0.7-0.8x the time of id order). Any order gives the same graph.
     """
     row_ids = np.unique(np.asarray(rows, dtype=np.int64))
     nb, sim = lists_of(graph, in_place)
@@ -152,8 +156,13 @@ def join_rows(
         # Every row of a pass reads the graph as it was when the pass began (so the rows can
         # be rebuilt in any order, or block by block, and give the same graph).
         if compiled:
+            visit = (
+                np.arange(active.size, dtype=np.int64)
+                if ranks is None
+                else np.argsort(ranks[active], kind="stable").astype(np.int64)
+            )
             best, best_sims, changed = _join_pass_compiled(
-                nb, sim, vectors, active, picks, expand, current, previous
+                nb, sim, vectors, active, picks, visit, expand, current, previous
             )
             if iteration + 1 < iterations:  # what the next pass, if any, compares with
                 previous = nb.copy()
@@ -182,6 +191,16 @@ def join_rows(
     return KnnGraph(nb, sim)
 
 
+def walk_ranks(graph: KnnGraph) -> IdArray | None:
+    """(N,) each node's place in a depth-first walk of `graph` (to its nearest unvisited
+    neighbour first), for `join_rows(ranks=...)`; None without numba, whose numpy pass
+    gathers by blocks and gains nothing from an order (1M: 0.3 s)."""
+    if not numba_enabled() or graph.k == 0:
+        return None
+    ranks: IdArray = join_kernels().walk_ranks(graph.neighbors)
+    return ranks
+
+
 def lists_of(
     graph: KnnGraph, in_place: bool
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
@@ -197,11 +216,13 @@ def _join_pass_compiled(
     vectors: npt.NDArray[np.floating],
     active: IdArray,
     picks: IdArray,
+    visit: IdArray,
     expand: int,
     current: bool,
     previous: npt.NDArray[np.int32],
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """`_join_pass_numpy`'s twin: the kernel over slices of the rows, on threads."""
+    """`_join_pass_numpy`'s twin: the kernel over slices of `visit` (the order in which the
+    rows are rebuilt), on threads; each row's results land at its place in `active`."""
     k = nb.shape[1]
     best = np.empty((active.size, k), dtype=np.int32)
     best_sims = np.empty((active.size, k), dtype=np.float32)
@@ -213,14 +234,15 @@ def _join_pass_compiled(
             nb,
             sim,
             vectors,
-            active[lo:hi],
-            picks[lo:hi],
+            active,
+            picks,
+            visit[lo:hi],
             expand,
             current,
             previous,
-            best[lo:hi],
-            best_sims[lo:hi],
-            changed[lo:hi],
+            best,
+            best_sims,
+            changed,
         )
 
     _split(active.size, run)

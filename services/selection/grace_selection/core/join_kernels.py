@@ -138,6 +138,7 @@ def join_rows_pass(
     vectors: npt.NDArray[np.float32],
     rows: npt.NDArray[np.int64],
     picks: npt.NDArray[np.int64],
+    visit: npt.NDArray[np.int64],
     expand: int,
     current: bool,
     previous: npt.NDArray[np.int32],
@@ -147,8 +148,11 @@ def join_rows_pass(
 ) -> None:
     """Twin of one pass of `descent._join_pass_numpy`: each of `rows` rebuilt from its row,
     the rows of its first `expand` neighbours and its random `picks`; reads nb / sim only,
-    writes out_nb / out_sim / changed (row p of each belongs to rows[p]). current: the rows'
-    own similarities are the current cosines, so they are taken as they are, not recomputed.
+    writes out_nb / out_sim / changed (row p of each belongs to rows[p]). visit: the places p
+    to rebuild, in the order to rebuild them (any order gives the same rows; one that walks
+    the graph reads overlapping neighbourhoods while they are in the cache). current: the
+    rows' own similarities are the current cosines, so they are taken as they are, not
+    recomputed.
 
     Every distinct candidate is scored once. previous: (N, k) the graph the last pass read,
     or (0, k) on a first pass. After a pass every row it rebuilt holds current similarities
@@ -164,7 +168,8 @@ def join_rows_pass(
     sims16 = np.empty(16, dtype=np.float32)
     best_ids = np.empty(k, dtype=np.int64)
     best_sims = np.empty(k, dtype=np.float32)
-    for p in range(rows.shape[0]):
+    for step in range(visit.shape[0]):
+        p = visit[step]
         u = rows[p]
         seen[u] = p  # never its own neighbour
         m = 0
@@ -212,6 +217,40 @@ def join_rows_pass(
                 out_sim[p, t] = 0.0
             differs = differs or not _lists(nb, u, k, out_nb[p, t])
         changed[p] = differs
+
+
+@compiled
+def walk_ranks(nb: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
+    """Each node's place in a walk of the graph that steps to the nearest unvisited neighbour
+    and backs off along its path when there is none (a depth-first walk): nodes close in the
+    walk are close in the graph, so rows joined in this order read overlapping rows."""
+    n, k = nb.shape
+    rank = np.full(n, -1, dtype=np.int64)
+    path = np.empty(n, dtype=np.int64)
+    placed = 0
+    for start in range(n):
+        if rank[start] >= 0:
+            continue
+        rank[start] = placed
+        placed += 1
+        top = 0
+        path[0] = start
+        while top >= 0:
+            u = path[top]
+            step = -1
+            for t in range(k):
+                c = nb[u, t]
+                if c >= 0 and rank[c] < 0:
+                    step = c
+                    break
+            if step < 0:
+                top -= 1
+                continue
+            rank[step] = placed
+            placed += 1
+            top += 1
+            path[top] = step
+    return rank
 
 
 @compiled

@@ -141,10 +141,15 @@ def write_rows(
         matrix[ids[part]] = unit[part]
 
 
-def join_every_row(built: BuiltGraph, seq: int, random_candidates: int) -> KnnGraph:
+def join_every_row(
+    built: BuiltGraph,
+    seq: int,
+    random_candidates: int,
+    ranks: npt.NDArray[np.int64] | None = None,
+) -> KnnGraph:
     """One pass of local joins over every row (NN-descent's step), from its neighbours' whole
     lists: rows that drifted in a little at a time, never far enough to be joined, find their
-    neighbours again."""
+    neighbours again. ranks: the order to join them in (`descent.walk_ranks`)."""
     rows = np.flatnonzero(built.in_index).astype(np.int64)
     rng = np.random.default_rng([seq, 0x10])
     return join_rows(
@@ -158,6 +163,7 @@ def join_every_row(built: BuiltGraph, seq: int, random_candidates: int) -> KnnGr
         current=True,
         random_candidates=random_candidates,
         in_place=True,
+        ranks=ranks,
     )
 
 
