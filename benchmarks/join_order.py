@@ -37,6 +37,7 @@ import numpy as np
 import grace_selection.core.descent as descent
 import grace_selection.service.graph_keeper as graph_keeper
 from benchmarks.round import DIM, RHO, SEED, K, drift, make_vectors, recall_at_10
+from benchmarks.round_report import save_results, write_page
 from grace_selection.api.app import make_index_factory
 from grace_selection.core.graph import KnnGraph
 from grace_selection.service.built_graph import BuiltGraph
@@ -170,10 +171,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             f"| {r} | {'yes' if ids[0]['pass'] else ''} | {a:.2f} | {b:.2f} | {b / a:.2f} |"
             f" {ja:.2f} | {jb:.2f} | {ids[0]['recall_at_10']:.3f} |"
         )
-    notes = path.with_name(f"{path.stem}_notes.md")  # prose about the run, kept by hand
-    if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
-    path.write_text("\n".join(lines) + "\n")
+    write_page(lines, path)
 
 
 def _joins(row: dict[str, Any]) -> float:
@@ -220,9 +218,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores",
         "rounds": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
-    write_markdown(document, args.markdown)
+    save_results(document, args.json, args.markdown, write_markdown)
 
 
 if __name__ == "__main__":

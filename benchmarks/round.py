@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.round_peers import PEERS
-from benchmarks.round_report import write_markdown
+from benchmarks.round_report import save_results, write_markdown
 from grace_selection.adapters.local_store import LocalScoreStore
 from grace_selection.adapters.store_records import StoredRound
 from grace_selection.api.app import make_index_factory
@@ -423,9 +423,7 @@ def main() -> None:
         "rows": summary,
         "rounds": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
-    write_markdown(document, args.markdown)
+    save_results(document, args.json, args.markdown, write_markdown)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 The prose around the tables (what was measured, the drift model, the verdicts) lives beside
 the page as `<name>_notes.md` (`round_notes.md` for `round.md`) and is copied under the
-tables, so a re-run keeps it.
+tables, so a re-run keeps it (`write_page`, which benchmarks/join_order.py's page uses too).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,27 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             + " | ".join(cells)
             + f" | {row['peak_rss_mb']:.0f} ({ratio:.2f}x) | {_resident(row)} |"
         )
+    write_page(lines, path)
+
+
+def write_page(lines: list[str], path: Path) -> None:
+    """The page: `lines`, then the prose kept by hand beside it in `<name>_notes.md`."""
     notes = path.with_name(f"{path.stem}_notes.md")
     if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
+        lines = [*lines, "", notes.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def save_results(
+    document: dict[str, Any],
+    json_path: Path,
+    markdown_path: Path,
+    write_markdown: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """A benchmark's JSON document, and its page made from it."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    write_markdown(document, markdown_path)
 
 
 def _resident(row: dict[str, Any]) -> str:

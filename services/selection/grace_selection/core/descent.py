@@ -140,7 +140,8 @@ def join_rows(
     input's arrays are rebuilt (an owner of them saves two copies of the lists at 1M).
     ranks: (N,) each node's place in a walk of the graph (`walk_ranks`): the compiled pass
     rebuilds the rows in that order, which reads neighbourhoods while they are in the cache
-    (1M x 384: 0.7-0.8x the time of id order). Any order gives the same graph.
+    (the graph keeper's joins at 1M x 384: 0.8-0.9x the time of id order in most rounds, no
+    gain in one; docs/results/join_order.md). Any order gives the same graph.
     """
     row_ids = np.unique(np.asarray(rows, dtype=np.int64))
     nb, sim = lists_of(graph, in_place)
