@@ -40,9 +40,12 @@ from benchmarks.round import DIM, RHO, SEED, K, drift, make_vectors, recall_at_1
 from benchmarks.round_report import save_results, write_page
 from grace_selection.api.app import make_index_factory
 from grace_selection.core.graph import KnnGraph
+from grace_selection.core.neighborhood_join import neighborhood_join
 from grace_selection.service.built_graph import BuiltGraph
 
 _TIMED = ("rescore_edges", "join_rows", "join_every_row", "sampled_recall", "walk_ranks")
+# What each order changes in the keeper for its runs: "id" is the keeper without the walk.
+ORDERS: dict[str, dict[str, Any]] = {"id": {"walk_ranks": lambda graph: None}, "walk": {}}
 
 
 def log(message: str) -> None:
@@ -75,15 +78,19 @@ def _factory() -> Any:
     return make_index_factory("hnsw", vector_dtype="float32", keep_index=False, build_parts=0)
 
 
-def run(order: str, lists: tuple[Any, Any, Any], rounds: int) -> list[dict[str, Any]]:
+def run(
+    order: str, lists: tuple[Any, Any, Any], rounds: int, patches: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The keeper's later rounds from the round-0 lists, with `patches` (names of
+    service.graph_keeper and what they stand for in this run); rows labelled `order`."""
     nb, sim, unit = (np.array(a) for a in lists)  # each run rewrites its own copies
     n = unit.shape[0]
     parts: dict[str, float] = collections.defaultdict(float)
-    originals = {name: getattr(graph_keeper, name) for name in _TIMED}
-    for name, fn in originals.items():
-        setattr(graph_keeper, name, _timed(parts, name, fn))
-    if order == "id":
-        graph_keeper.walk_ranks = lambda graph: None  # type: ignore[attr-defined]
+    originals = {name: getattr(graph_keeper, name) for name in {*_TIMED, *patches}}
+    for name, fn in patches.items():
+        setattr(graph_keeper, name, fn)
+    for name in _TIMED:
+        setattr(graph_keeper, name, _timed(parts, name, getattr(graph_keeper, name)))
     try:
         with tempfile.TemporaryDirectory(prefix="grace-join-order-") as folder:
             keeper = graph_keeper.GraphKeeper(n, DIM, _factory(), Path(folder))
@@ -191,6 +198,7 @@ def warm_up(lists: tuple[Any, Any, Any]) -> None:
     graph = descent.rescore_edges(graph, vectors, moved)
     rng = np.random.default_rng(0)
     descent.join_rows(graph, vectors, np.arange(64), present, rng, current=True, ranks=ranks)
+    neighborhood_join(graph, vectors, ranks=ranks)
 
 
 def main() -> None:
@@ -206,8 +214,8 @@ def main() -> None:
     warm_up(lists)
     rows: list[dict[str, Any]] = []
     for _ in range(args.repeats):
-        for order in ("id", "walk"):
-            rows += run(order, lists, args.rounds)
+        for order, patches in ORDERS.items():
+            rows += run(order, lists, args.rounds, patches)
     for r in range(1, args.rounds + 1):
         recalls = {x["recall_at_10"] for x in rows if x["round"] == r}
         if len(recalls) != 1:

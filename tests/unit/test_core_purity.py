@@ -15,7 +15,13 @@ CORE = ROOT / "services/selection/grace_selection/core"
 NAMES = ROOT / "proto/grace_proto/names.py"
 ALLOWED_THIRD_PARTY = {"numpy", "numba"}
 # numba is an optional extra: only the kernels module imports it, and only on first use.
-NUMBA_MODULES = {"kernels.py", "join_kernels.py", "estimation_kernels.py", "similarity_kernels.py"}
+NUMBA_MODULES = {
+    "kernels.py",
+    "join_kernels.py",
+    "neighborhood_join_kernels.py",
+    "estimation_kernels.py",
+    "similarity_kernels.py",
+}
 # The one module outside the core it may import: the names of selectors, rules and sources,
 # which the wire models share. It is itself standard library only (tested below).
 ALLOWED_PROJECT_MODULES = {"grace_proto.names"}

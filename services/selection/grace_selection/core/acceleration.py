@@ -23,6 +23,7 @@ from types import ModuleType
 ENV_VAR = "GRACE_NUMBA"
 _KERNELS = "grace_selection.core.kernels"
 _JOIN_KERNELS = "grace_selection.core.join_kernels"
+_NEIGHBORHOOD_JOIN_KERNELS = "grace_selection.core.neighborhood_join_kernels"
 _ESTIMATION_KERNELS = "grace_selection.core.estimation_kernels"
 _SIMILARITY_KERNELS = "grace_selection.core.similarity_kernels"
 
@@ -50,6 +51,11 @@ def kernels() -> ModuleType:
 def join_kernels() -> ModuleType:
     """The compiled graph-upkeep kernels of `core.descent` (imports numba on first use)."""
     return importlib.import_module(_JOIN_KERNELS)
+
+
+def neighborhood_join_kernels() -> ModuleType:
+    """The compiled local join of `core.neighborhood_join` (imports numba on first use)."""
+    return importlib.import_module(_NEIGHBORHOOD_JOIN_KERNELS)
 
 
 def estimation_kernels() -> ModuleType:

@@ -263,29 +263,30 @@ def merge_edges(
 ) -> None:
     """Twin of `descent._merge_edges_numpy`, in place: each offer dst -> src enters row dst
     when it beats the row's weakest entry (padding: always) and src is not listed there."""
-    k = nb.shape[1]
-    if k == 0:
-        return
     for e in range(dst.shape[0]):
-        v, u, s = dst[e], src[e], sims[e]
-        if v < 0 or u < 0 or v == u:
-            continue
-        if nb[v, k - 1] >= 0 and not s > sim[v, k - 1]:
-            continue
-        listed = False
-        for t in range(k):
-            if nb[v, t] == u:
-                listed = True
-                break
-        if listed:
-            continue
-        pos = k - 1
-        while pos > 0 and (
-            nb[v, pos - 1] < 0 or _ranks_before(s, u, sim[v, pos - 1], nb[v, pos - 1])
-        ):
-            nb[v, pos], sim[v, pos] = nb[v, pos - 1], sim[v, pos - 1]
-            pos -= 1
-        nb[v, pos], sim[v, pos] = u, s
+        offer_edge(nb, sim, dst[e], src[e], sims[e])
+
+
+@compiled
+def offer_edge(
+    nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32], v: int, u: int, s: float
+) -> None:
+    """Row v takes u (similarity s) when it beats the row's weakest entry (padding: always)
+    and u is not listed there; the row stays sorted best first. The rows that result from
+    any set of offers do not depend on their order."""
+    k = nb.shape[1]
+    if k == 0 or v < 0 or u < 0 or v == u:
+        return
+    if nb[v, k - 1] >= 0 and not s > sim[v, k - 1]:
+        return
+    for t in range(k):
+        if nb[v, t] == u:
+            return
+    pos = k - 1
+    while pos > 0 and (nb[v, pos - 1] < 0 or _ranks_before(s, u, sim[v, pos - 1], nb[v, pos - 1])):
+        nb[v, pos], sim[v, pos] = nb[v, pos - 1], sim[v, pos - 1]
+        pos -= 1
+    nb[v, pos], sim[v, pos] = u, s
 
 
 @_jit_dot

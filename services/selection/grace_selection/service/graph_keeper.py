@@ -28,8 +28,9 @@ what a local join cannot do itself (core.graph_search):
   (`descent.walk_ranks`), so consecutive rows read overlapping rows while those are in the
   cache; any order gives the same graph;
 - after a refresh, recall@k is measured on 64 rows against exact search over `vectors`:
-  below the target (0.92) every row is joined once more, from its neighbours' whole lists,
-  below the floor (0.8) the graph is rebuilt from `vectors`;
+  below the target (0.92) one pass of NN-descent's local join runs over every node's
+  neighbourhood (`core.neighborhood_join`), below the floor (0.8) the graph is rebuilt from
+  `vectors`;
 - a new sample, and a sample that moved beyond tau and beyond its radius, are searched for:
   seeded from a random routing sample, then a walk over the graph (`IndexFactory.keep_index`
   keeps the build's index and re-queries it instead, the answers re-ranked by `vectors`:
@@ -105,12 +106,6 @@ _LIST_WIDTH = 2
 # same recall on the round benchmark at 100k), in one pass (a second added ~0.001 recall for
 # ~1.5x the time).
 _JOIN_ITERATIONS = 1
-# The recall target's pass over every row: each row reads its neighbours' whole lists (2k
-# rows of 2k) and this many random nodes. At 1M on the fine-tuning drift, rounds 5-7 after a
-# build, a pass reading the first k / 2 rows with 4 random nodes (about 8 s) left recall at
-# 0.898, 0.888 and 0.884 and ran again every round; this one (about 20 s) brought it to 0.950,
-# and the next two rounds, joins alone, held 0.937 and 0.917.
-_JOIN_ALL_RANDOM = 8
 
 
 class GraphKeeper:
@@ -200,7 +195,7 @@ class GraphKeeper:
                         recall,
                         self.factory.recall_target,
                     )
-                    built.graph = join_every_row(built, seq, _JOIN_ALL_RANDOM, ranks)
+                    built.graph = join_every_row(built, ranks)
                     joined = int(np.count_nonzero(built.in_index))
                     published = built.publish()
                     recall = sampled_recall(published, built.vectors, built.in_index, seq + 1)
