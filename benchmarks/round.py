@@ -12,7 +12,8 @@ The job's state is the service's `JobArrays`, fed the service's batches.
   build's index and the graph searches itself. `product-index` keeps the index
   (GRACE_GRAPH_KEEP_INDEX=true), `product-f16` stores GRACE_GRAPH_VECTORS=float16 and
   `product-parts1` builds with one index (GRACE_GRAPH_BUILD_PARTS=1; the default is two in
-  turn).
+  turn); `product-pass` sets GRACE_GRAPH_RECALL_TARGET=1, so that every later round runs the
+  pass over every row (its time and peak memory).
   `before`: the same path with the graph keeper and HNSW index of the commit this work started
   from (loaded from git), which rebuilds when more than 6% of N drifted beyond tau.
 - peers (round_peers.py): only their graph upkeep is timed, over the same changes.
@@ -223,6 +224,8 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
                 vector_dtype=dtype,
                 keep_index=keeper_name == "product-index",
                 build_parts=1 if keeper_name == "product-parts1" else 0,
+                # product-pass: every later round runs the pass over every row (its peak).
+                recall_target=1.0 if keeper_name == "product-pass" else 0.92,
             )
             keeper = GraphKeeper(n, DIM, factory, Path(folder.name) / "g")
         previous = np.full(n, np.nan, np.float32)
