@@ -273,7 +273,8 @@ def offer_edge(
 ) -> None:
     """Row v takes u (similarity s) when it beats the row's weakest entry (padding: always)
     and u is not listed there; the row stays sorted best first. The rows that result from
-    any set of offers do not depend on their order."""
+    a set of offers do not depend on their order, but for which of two offers of one pair
+    (equal up to float32 rounding) is kept: the first."""
     k = nb.shape[1]
     if k == 0 or v < 0 or u < 0 or v == u:
         return
