@@ -201,32 +201,54 @@ def warm_up(lists: tuple[Any, Any, Any]) -> None:
     neighborhood_join(graph, vectors, ranks=ranks)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def side_by_side(
+    script: str,
+    doc: str,
+    variants: dict[str, dict[str, Any]],
+    write_markdown: Callable[[dict[str, Any], Path], None],
+    *,
+    rounds: int,
+    repeats: int,
+    check: Callable[[list[dict[str, Any]], int], None] | None = None,
+) -> None:
+    """The command line of a side-by-side study of the keeper (this one and pass_join.py):
+    each variant (names of service.graph_keeper and what they stand for) runs the later
+    rounds from one round-0 graph, the variants alternating; then the JSON and the page."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=4, help="later rounds after round 0")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each order")
+    parser.add_argument("--rounds", type=int, default=rounds, help="later rounds after round 0")
+    parser.add_argument("--repeats", type=int, default=repeats, help="runs of each variant")
     parser.add_argument("--state", type=Path, help="keep the round-0 graph here")
-    parser.add_argument("--json", type=Path, default=Path("docs/results/join_order.json"))
-    parser.add_argument("--markdown", type=Path, default=Path("docs/results/join_order.md"))
+    parser.add_argument("--json", type=Path, default=Path(f"docs/results/{script}.json"))
+    parser.add_argument("--markdown", type=Path, default=Path(f"docs/results/{script}.md"))
     args = parser.parse_args()
     lists = round_zero(args.n, args.state)
     warm_up(lists)
     rows: list[dict[str, Any]] = []
     for _ in range(args.repeats):
-        for order, patches in ORDERS.items():
-            rows += run(order, lists, args.rounds, patches)
-    for r in range(1, args.rounds + 1):
-        recalls = {x["recall_at_10"] for x in rows if x["round"] == r}
-        if len(recalls) != 1:
-            raise SystemExit(f"round {r}: the orders gave different graphs (recall {recalls})")
+        for name, patches in variants.items():
+            rows += run(name, lists, args.rounds, patches)
+    if check is not None:
+        check(rows, args.rounds)
     document = {
-        "command": f"nice -n {os.nice(0)} python benchmarks/join_order.py "
-        + " ".join(sys.argv[1:]),
+        "command": f"nice -n {os.nice(0)} python benchmarks/{script}.py " + " ".join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} cores",
         "rounds": rows,
     }
     save_results(document, args.json, args.markdown, write_markdown)
+
+
+def _same_graphs(rows: list[dict[str, Any]], rounds: int) -> None:
+    for r in range(1, rounds + 1):
+        recalls = {x["recall_at_10"] for x in rows if x["round"] == r}
+        if len(recalls) != 1:
+            raise SystemExit(f"round {r}: the orders gave different graphs (recall {recalls})")
+
+
+def main() -> None:
+    side_by_side(
+        "join_order", __doc__, ORDERS, write_markdown, rounds=4, repeats=2, check=_same_graphs
+    )
 
 
 if __name__ == "__main__":

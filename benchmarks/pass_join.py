@@ -18,9 +18,7 @@ seconds over all later rounds, and the lowest recall@10 (1000 rows against exact
 
 from __future__ import annotations
 
-import argparse
 import collections
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -32,8 +30,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.join_order import round_zero, run, warm_up
-from benchmarks.round_report import save_results, write_page
+from benchmarks.join_order import side_by_side
+from benchmarks.round_report import write_page
 from grace_selection.core.descent import join_rows
 from grace_selection.core.graph import KnnGraph
 from grace_selection.service.built_graph import BuiltGraph
@@ -112,26 +110,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=7, help="later rounds after round 0")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of each pass")
-    parser.add_argument("--state", type=Path, help="keep the round-0 graph here")
-    parser.add_argument("--json", type=Path, default=Path("docs/results/pass_join.json"))
-    parser.add_argument("--markdown", type=Path, default=Path("docs/results/pass_join.md"))
-    args = parser.parse_args()
-    lists = round_zero(args.n, args.state)
-    warm_up(lists)
-    rows: list[dict[str, Any]] = []
-    for _ in range(args.repeats):
-        for name, patches in PASSES.items():
-            rows += run(name, lists, args.rounds, patches)
-    document = {
-        "command": f"nice -n {os.nice(0)} python benchmarks/pass_join.py " + " ".join(sys.argv[1:]),
-        "machine": f"{os.cpu_count()} cores",
-        "rounds": rows,
-    }
-    save_results(document, args.json, args.markdown, write_markdown)
+    side_by_side("pass_join", __doc__, PASSES, write_markdown, rounds=7, repeats=1)
 
 
 if __name__ == "__main__":
