@@ -145,11 +145,17 @@ def _timed(parts: dict[str, float], name: str, fn: Callable[..., Any]) -> Callab
     return wrapper
 
 
-def write_markdown(document: dict[str, Any], path: Path) -> None:
-    rows = document["rounds"]
+def runs_by_round(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The rows of each (variant, round), in the order they ran."""
     by: dict[tuple[str, int], list[dict[str, Any]]] = collections.defaultdict(list)
     for row in rows:
         by[row["order"], row["round"]].append(row)
+    return by
+
+
+def write_markdown(document: dict[str, Any], path: Path) -> None:
+    rows = document["rounds"]
+    by = runs_by_round(rows)
     lines = [
         "# The graph keeper's joins in id order and in walk order",
         "",

@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.join_order import side_by_side
+from benchmarks.join_order import runs_by_round, side_by_side
 from benchmarks.round_report import write_page
 from grace_selection.core.descent import join_rows
 from grace_selection.core.graph import KnnGraph
@@ -63,9 +63,7 @@ PASSES: dict[str, dict[str, Any]] = {"rows": {"join_every_row": rows_pass}, "nei
 
 def write_markdown(document: dict[str, Any], path: Path) -> None:
     rows = document["rounds"]
-    by: dict[tuple[str, int], list[dict[str, Any]]] = collections.defaultdict(list)
-    for row in rows:
-        by[row["order"], row["round"]].append(row)
+    by = runs_by_round(rows)
     lines = [
         "# The keeper's pass over every row: NN-descent's local join against whole-list joins",
         "",
