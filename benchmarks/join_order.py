@@ -43,7 +43,14 @@ from grace_selection.core.graph import KnnGraph
 from grace_selection.core.neighborhood_join import neighborhood_join
 from grace_selection.service.built_graph import BuiltGraph
 
-_TIMED = ("rescore_edges", "join_rows", "join_every_row", "sampled_recall", "walk_ranks")
+_TIMED = (
+    "rescore_edges",
+    "join_rows",
+    "join_every_neighborhood",
+    "join_every_row",
+    "sampled_recall",
+    "walk_ranks",
+)
 # What each order changes in the keeper for its runs: "id" is the keeper without the walk.
 ORDERS: dict[str, dict[str, Any]] = {"id": {"walk_ranks": lambda graph: None}, "walk": {}}
 
@@ -79,10 +86,15 @@ def _factory() -> Any:
 
 
 def run(
-    order: str, lists: tuple[Any, Any, Any], rounds: int, patches: dict[str, Any]
+    order: str,
+    lists: tuple[Any, Any, Any],
+    rounds: int,
+    patches: dict[str, Any],
+    drift_mode: str = "finetune",
 ) -> list[dict[str, Any]]:
     """The keeper's later rounds from the round-0 lists, with `patches` (names of
-    service.graph_keeper and what they stand for in this run); rows labelled `order`."""
+    service.graph_keeper and what they stand for in this run); rows labelled `order`.
+    drift_mode: round.py's drift (the fine-tuning task's, or the harsher modelled one)."""
     nb, sim, unit = (np.array(a) for a in lists)  # each run rewrites its own copies
     n = unit.shape[0]
     parts: dict[str, float] = collections.defaultdict(float)
@@ -106,7 +118,7 @@ def run(
             rows = []
             for r in range(1, rounds + 1):
                 changed = np.sort(rng.choice(n, size=int(RHO * n), replace=False))
-                fresh = drift(unit[changed].astype(np.float32), rng, "finetune")
+                fresh = drift(unit[changed].astype(np.float32), rng, drift_mode)
                 parts.clear()
                 cpu, start = time.process_time(), time.perf_counter()
                 update = keeper.update(
@@ -116,6 +128,7 @@ def run(
                 row = {
                     "order": order,
                     "n": n,
+                    "drift": drift_mode,
                     "round": r,
                     "seconds": round(seconds, 3),
                     "cpu": round(time.process_time() - cpu, 2),
@@ -189,7 +202,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
 
 def _joins(row: dict[str, Any]) -> float:
     parts = row["parts"]
-    return float(parts.get("join_rows", 0.0) + parts.get("join_every_row", 0.0))
+    passes = parts.get("join_every_neighborhood", 0.0) + parts.get("join_every_row", 0.0)
+    return float(parts.get("join_rows", 0.0) + passes)
 
 
 def warm_up(lists: tuple[Any, Any, Any]) -> None:
@@ -225,6 +239,8 @@ def side_by_side(
     parser.add_argument("--rounds", type=int, default=rounds, help="later rounds after round 0")
     parser.add_argument("--repeats", type=int, default=repeats, help="runs of each variant")
     parser.add_argument("--state", type=Path, help="keep the round-0 graph here")
+    parser.add_argument("--drift", choices=("finetune", "modelled"), default="finetune")
+    parser.add_argument("--variants", default=",".join(variants), help="which of them to run")
     parser.add_argument("--json", type=Path, default=Path(f"docs/results/{script}.json"))
     parser.add_argument("--markdown", type=Path, default=Path(f"docs/results/{script}.md"))
     args = parser.parse_args()
@@ -232,8 +248,8 @@ def side_by_side(
     warm_up(lists)
     rows: list[dict[str, Any]] = []
     for _ in range(args.repeats):
-        for name, patches in variants.items():
-            rows += run(name, lists, args.rounds, patches)
+        for name in args.variants.split(","):
+            rows += run(name, lists, args.rounds, variants[name], args.drift)
     if check is not None:
         check(rows, args.rounds)
     document = {

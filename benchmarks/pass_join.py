@@ -1,19 +1,22 @@
-"""The graph keeper's pass over every row, two ways, over the same later rounds side by side.
+"""The graph keeper's passes over every row, three ways, over the same later rounds side by side.
 
     nice -n 0 python benchmarks/pass_join.py --n 1000000 --rounds 7 --repeats 1 \\
         --state /tmp/round0 --json docs/results/pass_join.json \\
         --markdown docs/results/pass_join.md
 
-When a round's sampled recall@10 falls below the target (0.92), the keeper runs one pass over
-every row. `neighborhood`: the keeper as shipped, NN-descent's local join over each node's
-whole list and up to 10 nodes that list it (`core.neighborhood_join`); `rows`: the pass it
-replaced, each row rebuilt from its neighbours' whole lists and 8 random nodes
-(`descent.join_rows(expand=None)`, the product's own join, called as the keeper called it).
-Everything else is the product's `GraphKeeper` unchanged, from one round-0 graph, with the
-same re-embedded rows and drift per round in every run (round.py's fine-tuning drift, rho
-0.3); runs alternate between the two. The passes can fall in different rounds (the graphs
-differ once one ran), so the page compares each round and the totals: seconds and CPU
-seconds over all later rounds, and the lowest recall@10 (1000 rows against exact search).
+When a round's sampled recall@10 falls below the target (0.92), the keeper runs passes over
+every row. `shipped`: the keeper as shipped, NN-descent's local join over each node's whole
+list and up to 10 nodes that list it (`built_graph.join_every_neighborhood`), then, if the
+sample still reads below the target, every row rebuilt from its neighbours' whole lists and 8
+random nodes (`built_graph.join_every_row`). `neighborhood`: the local join alone; `rows`:
+the whole-list pass alone (the keeper before the local join). A variant leaves a pass out by
+replacing it with one that returns the graph unchanged (the keeper then samples recall once
+more: ~0.5 s at 1M). Everything else is the product's `GraphKeeper` unchanged, from one
+round-0 graph, with the same re-embedded rows and drift per round in every run (round.py's
+fine-tuning drift, or `--drift modelled`, rho 0.3); runs alternate between the variants. The
+passes can fall in different rounds (the graphs differ once one ran), so the page compares
+each round and the totals: seconds and CPU seconds over all later rounds, and the lowest
+recall@10 (1000 rows against exact search). `--variants` runs some of them.
 """
 
 from __future__ import annotations
@@ -32,33 +35,27 @@ import numpy.typing as npt
 
 from benchmarks.join_order import runs_by_round, side_by_side
 from benchmarks.round_report import write_page
-from grace_selection.core.descent import join_rows
 from grace_selection.core.graph import KnnGraph
-from grace_selection.service.built_graph import BuiltGraph
+from grace_selection.service.built_graph import BuiltGraph, join_every_row
 
-_ROWS_RANDOM = 8  # the replaced pass's random candidates per row
-
-
-def rows_pass(built: BuiltGraph, ranks: npt.NDArray[np.int64] | None = None) -> KnnGraph:
-    """The replaced pass: every row rebuilt from its neighbours' whole lists and random nodes,
-    as the keeper called `descent.join_rows` for it."""
-    rows = np.flatnonzero(built.in_index).astype(np.int64)
-    return join_rows(
-        built.graph,
-        built.vectors,
-        rows,
-        built.in_index,
-        np.random.default_rng([len(rows), 0x10]),
-        iterations=1,
-        expand=None,
-        current=True,
-        random_candidates=_ROWS_RANDOM,
-        in_place=True,
-        ranks=ranks,
-    )
+_ROWS_RANDOM = 8  # as the keeper's _JOIN_ALL_RANDOM
 
 
-PASSES: dict[str, dict[str, Any]] = {"rows": {"join_every_row": rows_pass}, "neighborhood": {}}
+def whole_lists(built: BuiltGraph, ranks: npt.NDArray[np.int64] | None = None) -> KnnGraph:
+    """The whole-list pass in the local join's place (the seed: as the keeper's before)."""
+    return join_every_row(built, int(np.count_nonzero(built.in_index)), _ROWS_RANDOM, ranks)
+
+
+def unchanged(built: BuiltGraph, *_: Any) -> KnnGraph:
+    """A pass left out."""
+    return built.graph
+
+
+PASSES: dict[str, dict[str, Any]] = {
+    "rows": {"join_every_neighborhood": whole_lists, "join_every_row": unchanged},
+    "neighborhood": {"join_every_row": unchanged},
+    "shipped": {},
+}
 
 
 def write_markdown(document: dict[str, Any], path: Path) -> None:
@@ -73,16 +70,20 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "",
         "The keeper alone (graph upkeep of later rounds), from one round-0 graph, the same",
         "drift per round in every run; medians over the runs of each pass (they alternate).",
-        "`pass`: the pass over every row ran in that round (recall fell below the target).",
+        "`pass`: a pass over every row ran in that round (recall fell below the target).",
         "",
-        "| round | rows: seconds | rows: pass | rows: recall@10 | neighborhood: seconds |"
-        " neighborhood: pass | neighborhood: recall@10 |",
-        "|---|---|---|---|---|---|---|",
+    ]
+    names = [name for name in PASSES if any(row["order"] == name for row in rows)]
+    lines += [
+        "| round | "
+        + " | ".join(f"{n}: seconds | {n}: pass | {n}: recall@10" for n in names)
+        + " |",
+        "|---|" + "---|---|---|" * len(names),
     ]
     totals: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     for r in sorted({row["round"] for row in rows}):
         cells = []
-        for name in PASSES:
+        for name in names:
             runs = by.get((name, r), [])
             if not runs:
                 cells += ["-", "-", "-"]
@@ -99,7 +100,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "| pass | seconds, all later rounds | CPU seconds | lowest recall@10 |",
         "|---|---|---|---|",
     ]
-    for name in PASSES:
+    for name in names:
         seconds = totals.get((name, "seconds"), [])
         if seconds:
             cpu, recall = totals[name, "cpu"], totals[name, "recall"]

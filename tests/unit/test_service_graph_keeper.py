@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +19,7 @@ from grace_selection.api.app import make_index_factory
 from grace_selection.core import recall as recall_module
 from grace_selection.core.graph import KnnGraph
 from grace_selection.core.recall import sampled_recall
+from grace_selection.service import built_graph, graph_keeper
 from grace_selection.service.graph_keeper import GraphKeeper
 from grace_selection.service.keeper_types import IndexFactory
 from grace_selection.settings import ServiceSettings
@@ -354,6 +356,61 @@ def test_a_refresh_below_the_recall_target_joins_every_row_instead_of_rebuilding
     assert joined_all.joined == N
     assert joined_all.recall is not None
     assert joined_all.recall >= updates[0.0].recall
+
+
+def test_the_whole_list_pass_runs_only_when_the_local_join_leaves_recall_below_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vectors = data(16)
+    ids = np.arange(N, dtype=np.int64)
+    rng = np.random.default_rng(17)
+    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
+    new = vectors.copy()
+    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    calls: list[str] = []
+    local, whole = built_graph.join_every_neighborhood, built_graph.join_every_row
+
+    def counted(name: str, fn: Any) -> Any:
+        def run(*args: Any) -> KnnGraph:
+            calls.append(name)
+            graph: KnnGraph = fn(*args)
+            return graph
+
+        return run
+
+    monkeypatch.setattr(graph_keeper, "join_every_row", counted("rows", whole))
+    seen = {}
+    for case in ("short", "enough"):
+        if case == "enough":  # the local join brings the graph to exact: nothing more to do
+            exact = counted(
+                "local", lambda built, ranks: KnnGraph.from_arrays(*_exact_2k(built.vectors))
+            )
+            monkeypatch.setattr(graph_keeper, "join_every_neighborhood", exact)
+        else:
+            monkeypatch.setattr(graph_keeper, "join_every_neighborhood", counted("local", local))
+        factory = IndexFactory(
+            "brute", brute, BruteForceIndex.load, recall_floor=0.0, recall_target=1.0
+        )
+        keeper = GraphKeeper(N, DIM, factory, tmp_path / case)
+        keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
+        calls.clear()
+        update = keeper.update(moved, new[moved], 2, K, 0.1, lambda: (ids, new, 2))
+        seen[case] = list(calls)
+        assert update.joined == N
+        assert not update.rebuilt
+    # Target 1: the local join alone leaves the sample below it, so the whole-list pass runs.
+    assert seen["short"] == ["local", "rows"]
+    assert seen["enough"] == ["local"]
+
+
+def _exact_2k(
+    vectors: npt.NDArray[np.floating],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    unit = vectors.astype(np.float32)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : 2 * K].astype(np.int32)
+    return order, np.take_along_axis(sims, order, axis=1).astype(np.float32)
 
 
 def test_the_index_is_dropped_by_default_and_kept_by_setting(
