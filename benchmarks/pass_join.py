@@ -42,7 +42,8 @@ _ROWS_RANDOM = 8  # as the keeper's _JOIN_ALL_RANDOM
 
 
 def whole_lists(built: BuiltGraph, ranks: npt.NDArray[np.int64] | None = None) -> KnnGraph:
-    """The whole-list pass in the local join's place (the seed: as the keeper's before)."""
+    """The whole-list pass in the local join's place, its random nodes seeded by the row count
+    (as this study's first runs were; the keeper seeds them by the round)."""
     return join_every_row(built, int(np.count_nonzero(built.in_index)), _ROWS_RANDOM, ranks)
 
 

@@ -35,9 +35,13 @@ FACTORY = IndexFactory("brute", brute, BruteForceIndex.load)
 
 
 def exact_graph(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.int32]:
+    return exact_knn(vectors, K).neighbors
+
+
+def exact_knn(vectors: npt.NDArray[np.floating], k: int) -> KnnGraph:
     index = BruteForceIndex(vectors.shape[1])
-    index.upsert(np.arange(vectors.shape[0], dtype=np.int64), vectors)
-    return index.knn_graph(K).neighbors
+    index.upsert(np.arange(vectors.shape[0], dtype=np.int64), vectors.astype(np.float32))
+    return index.knn_graph(k)
 
 
 def keeper_with(
@@ -52,6 +56,17 @@ def keeper_with(
 def data(seed: int) -> npt.NDArray[np.float32]:
     rng = np.random.default_rng(seed)
     return rng.normal(size=(N, DIM)).astype(np.float32)
+
+
+def moved_a_third(
+    vectors: npt.NDArray[np.float32], seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(the moved ids, all rows after) a third of the rows moved by noise of 0.3 per dimension."""
+    rng = np.random.default_rng(seed)
+    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
+    new = vectors.copy()
+    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    return moved, new
 
 
 def test_first_update_builds_the_exact_graph(tmp_path: Path) -> None:
@@ -316,10 +331,7 @@ def test_a_refresh_below_the_recall_floor_is_rebuilt(tmp_path: Path, floor: floa
     keeper = GraphKeeper(N, DIM, factory, tmp_path)
     ids = np.arange(N, dtype=np.int64)
     keeper.update(ids, vectors, 1, K, 0.1, lambda: (ids, vectors, 1))
-    rng = np.random.default_rng(13)
-    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
-    new = vectors.copy()
-    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    moved, new = moved_a_third(vectors, 13)
     update = keeper.update(moved, new[moved], 2, K, 0.1, lambda: (ids, new, 2))
     assert update.recall is not None
     if floor == 0.0:  # reported, never acted on
@@ -336,10 +348,7 @@ def test_a_refresh_below_the_recall_target_joins_every_row_instead_of_rebuilding
 ) -> None:
     vectors = data(14)
     ids = np.arange(N, dtype=np.int64)
-    rng = np.random.default_rng(15)
-    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
-    new = vectors.copy()
-    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    moved, new = moved_a_third(vectors, 15)
     updates = {}
     for target in (0.0, 1.0):
         factory = IndexFactory(
@@ -363,10 +372,7 @@ def test_the_whole_list_pass_runs_only_when_the_local_join_leaves_recall_below_t
 ) -> None:
     vectors = data(16)
     ids = np.arange(N, dtype=np.int64)
-    rng = np.random.default_rng(17)
-    moved = np.sort(rng.choice(N, size=N // 3, replace=False)).astype(np.int64)
-    new = vectors.copy()
-    new[moved] += 0.3 * rng.normal(size=(moved.size, DIM)).astype(np.float32)
+    moved, new = moved_a_third(vectors, 17)
     calls: list[str] = []
     local, whole = built_graph.join_every_neighborhood, built_graph.join_every_row
 
@@ -382,9 +388,7 @@ def test_the_whole_list_pass_runs_only_when_the_local_join_leaves_recall_below_t
     seen = {}
     for case in ("short", "enough"):
         if case == "enough":  # the local join brings the graph to exact: nothing more to do
-            exact = counted(
-                "local", lambda built, ranks: KnnGraph.from_arrays(*_exact_2k(built.vectors))
-            )
+            exact = counted("local", lambda built, ranks: exact_knn(built.vectors, 2 * K))
             monkeypatch.setattr(graph_keeper, "join_every_neighborhood", exact)
         else:
             monkeypatch.setattr(graph_keeper, "join_every_neighborhood", counted("local", local))
@@ -401,16 +405,6 @@ def test_the_whole_list_pass_runs_only_when_the_local_join_leaves_recall_below_t
     # Target 1: the local join alone leaves the sample below it, so the whole-list pass runs.
     assert seen["short"] == ["local", "rows"]
     assert seen["enough"] == ["local"]
-
-
-def _exact_2k(
-    vectors: npt.NDArray[np.floating],
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
-    unit = vectors.astype(np.float32)
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, : 2 * K].astype(np.int32)
-    return order, np.take_along_axis(sims, order, axis=1).astype(np.float32)
 
 
 def test_the_index_is_dropped_by_default_and_kept_by_setting(

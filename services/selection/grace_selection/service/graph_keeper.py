@@ -198,8 +198,8 @@ class GraphKeeper:
                     ("every neighbourhood", partial(join_every_neighborhood, built, ranks)),
                     ("every row", partial(join_every_row, built, seq, _JOIN_ALL_RANDOM, ranks)),
                 )
+                floor, target = self.factory.recall_floor, self.factory.recall_target
                 for attempt, (what, join_all) in enumerate(passes, start=1):
-                    floor, target = self.factory.recall_floor, self.factory.recall_target
                     if recall is None or not floor <= recall < target:
                         break
                     log.info(
@@ -213,7 +213,7 @@ class GraphKeeper:
                     joined = int(np.count_nonzero(built.in_index))
                     published = built.publish()
                     recall = sampled_recall(published, built.vectors, built.in_index, seq + attempt)
-                if recall is None or recall >= self.factory.recall_floor:
+                if recall is None or recall >= floor:
                     seconds = time.perf_counter() - start
                     return GraphUpdate(
                         published, seconds, upserted, requeried, False, joined, recall
@@ -223,7 +223,7 @@ class GraphKeeper:
                     "vectors",
                     k,
                     recall,
-                    self.factory.recall_floor,
+                    floor,
                 )
                 # The keeper's own vectors: they hold the frame the drift correction kept.
                 embedded = np.flatnonzero(built.in_index).astype(np.int64)
