@@ -2,7 +2,8 @@
 
 The prose around the tables (what was measured, the drift model, the verdicts) lives beside
 the page as `<name>_notes.md` (`round_notes.md` for `round.md`) and is copied under the
-tables, so a re-run keeps it (`write_page`, which benchmarks/join_order.py's page uses too).
+tables, so a re-run keeps it (`write_page`, which the side-by-side pages of join_order.py and
+pass_join.py use too).
 """
 
 from __future__ import annotations
