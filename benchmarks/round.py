@@ -13,7 +13,7 @@ The job's state is the service's `JobArrays`, fed the service's batches.
   (GRACE_GRAPH_KEEP_INDEX=true), `product-f16` stores GRACE_GRAPH_VECTORS=float16 and
   `product-parts1` builds with one index (GRACE_GRAPH_BUILD_PARTS=1; the default is two in
   turn); `product-pass` sets GRACE_GRAPH_RECALL_TARGET=1, so that every later round runs the
-  pass over every row (its time and peak memory).
+  passes over every row (their time and peak memory); `product-f16-pass` is both.
   `before`: the same path with the graph keeper and HNSW index of the commit this work started
   from (loaded from git), which rebuilds when more than 6% of N drifted beyond tau.
 - peers (round_peers.py): only their graph upkeep is timed, over the same changes.
@@ -185,7 +185,8 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
     rng = np.random.default_rng(SEED)
     # The product's keepers hold the job's matrix as their vectors, as in the service.
     shared = keeper_name.startswith("product")
-    matrix_dtype = "float16" if keeper_name == "product-f16" else "float32"
+    half = keeper_name in ("product-f16", "product-f16-pass")
+    matrix_dtype = "float16" if half else "float32"
     arrays = JobArrays(n, DIM, shared=shared, matrix_dtype=matrix_dtype)
     ids = np.arange(n, dtype=np.int64)
     arrays.apply(EmbeddingBatch("e0", 0, ids, make_vectors(n, rng), b""), 1)
@@ -218,14 +219,13 @@ def run_one(keeper_name: str, n: int, rounds: int, drift_mode: str) -> list[dict
             factory = load_before()
             keeper = globals()["BeforeKeeper"](n, DIM, factory, Path(folder.name) / "g")
         else:
-            dtype = "float16" if keeper_name == "product-f16" else "float32"
             factory = make_index_factory(
                 "hnsw",
-                vector_dtype=dtype,
+                vector_dtype=matrix_dtype,
                 keep_index=keeper_name == "product-index",
                 build_parts=1 if keeper_name == "product-parts1" else 0,
-                # product-pass: every later round runs the pass over every row (its peak).
-                recall_target=1.0 if keeper_name == "product-pass" else 0.92,
+                # Every later round runs the passes over every row (their peak).
+                recall_target=1.0 if keeper_name.endswith("-pass") else 0.92,
             )
             keeper = GraphKeeper(n, DIM, factory, Path(folder.name) / "g")
         previous = np.full(n, np.nan, np.float32)

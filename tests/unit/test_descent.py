@@ -203,9 +203,14 @@ def drifted_round(
 
 
 @needs_numba
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_join_numba_and_numpy_build_the_same_graph(seed: int) -> None:
-    graph, vectors, moved, rows = drifted_round(seed, 600, 16, 8)
+@pytest.mark.parametrize(
+    ("seed", "dtype"), [(0, np.float32), (1, np.float32), (2, np.float32), (0, np.float16)]
+)
+def test_join_numba_and_numpy_build_the_same_graph(seed: int, dtype: type[np.floating]) -> None:
+    graph, full, moved, rows = drifted_round(seed, 600, 16, 8)
+    vectors = full.astype(dtype)  # float16: the kernels read its bits (acceleration)
+    if dtype == np.float16:  # the unmoved rows' cosines from these vectors too, as a keeper's
+        graph = run_with("0", rescore_edges, graph, vectors, np.ones(graph.n, dtype=np.bool_))
     present = np.ones(graph.n, dtype=np.bool_)
     present[::7] = False  # absent nodes: never picked, never listed
     keep = present[graph.neighbors]

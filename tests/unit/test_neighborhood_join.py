@@ -121,9 +121,13 @@ def test_the_pass_never_loses_a_better_entry_and_lifts_recall(mode: str) -> None
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("seed", [2, 3])
-def test_numba_and_numpy_build_the_same_graph(seed: int) -> None:
-    graph, vectors, moved = rescored(seed, 700, 16, 8)
+def test_numba_and_numpy_build_the_same_graph(seed: int, dtype: type[np.floating]) -> None:
+    graph, full, moved = rescored(seed, 700, 16, 8)
+    vectors = full.astype(dtype)  # float16: the kernels read its bits (acceleration)
+    # Every stored cosine from these vectors, as a keeper that stores float16 has them.
+    graph = run_with("0", rescore_edges, graph, vectors, np.ones(graph.n, dtype=np.bool_))
     for focus in (None, moved):
         compiled = run_with(
             "1", neighborhood_join, graph, vectors, listed=6, reverse=5, focus=focus
@@ -173,10 +177,11 @@ def test_reverse_lists_name_the_nearest_listers_first() -> None:
         assert (compiled[v, len(want) :] == NO_NEIGHBOR).all()
 
 
-def test_half_float_vectors_take_the_numpy_path_to_nearly_the_same_graph() -> None:
+@MODES
+def test_half_float_vectors_build_nearly_the_same_graph(mode: str) -> None:
     graph, vectors, _ = rescored(7, 500, 16, 8)
-    full = neighborhood_join(graph, vectors, reverse=5)
-    half = neighborhood_join(graph, vectors.astype(np.float16), reverse=5)
+    full = run_with(mode, neighborhood_join, graph, vectors, reverse=5)
+    half = run_with(mode, neighborhood_join, graph, vectors.astype(np.float16), reverse=5)
     check_rows(half)
     oracle = exact(vectors, 8)
     assert abs(recall(half, oracle) - recall(full, oracle)) < 0.01

@@ -20,6 +20,9 @@ import importlib.util
 import os
 from types import ModuleType
 
+import numpy as np
+import numpy.typing as npt
+
 ENV_VAR = "GRACE_NUMBA"
 _KERNELS = "grace_selection.core.kernels"
 _JOIN_KERNELS = "grace_selection.core.join_kernels"
@@ -67,3 +70,19 @@ def estimation_kernels() -> ModuleType:
 def similarity_kernels() -> ModuleType:
     """The compiled build of `core.similarity` (imports numba on first use)."""
     return importlib.import_module(_SIMILARITY_KERNELS)
+
+
+def kernel_vectors(
+    vectors: npt.NDArray[np.floating],
+) -> npt.NDArray[np.float32] | npt.NDArray[np.uint16] | None:
+    """The (N, d) unit vectors as the compiled graph kernels read them, or None where those
+    kernels are off and the numpy path runs: C-ordered float32 as they are, C-ordered float16
+    as their bits (a uint16 view, no copy), which the kernels convert as they read them where
+    the CPU converts half floats in one instruction (`join_kernels.HALF_FLOATS`)."""
+    if not numba_enabled() or not vectors.flags.c_contiguous:
+        return None
+    if vectors.dtype == np.float32:
+        return vectors.view(np.float32)
+    if vectors.dtype == np.float16 and join_kernels().HALF_FLOATS:
+        return vectors.view(np.uint16)
+    return None

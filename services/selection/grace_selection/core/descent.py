@@ -26,7 +26,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.acceleration import join_kernels, numba_enabled
+from grace_selection.core.acceleration import join_kernels, kernel_vectors, numba_enabled
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
 IdArray = npt.NDArray[np.int64]
@@ -80,13 +80,14 @@ def rescore_edges(
 ) -> KnnGraph:
     """Recompute the similarity of every edge from or to a moved node (moved: (N,) mask) and
     re-sort the rows that hold one. vectors: (N, d) current unit vectors (float32 or float16).
-    Compiled when numba is enabled and the vectors are float32, else numpy; the same graph.
+    Compiled where `acceleration.kernel_vectors` takes them, else numpy; the same graph.
     in_place: write into `graph`'s arrays (an owner of them saves a copy of the lists)."""
     nb, sim = lists_of(graph, in_place)
-    if _compiled(vectors):
+    readable = kernel_vectors(vectors)
+    if readable is not None:
         moved = np.ascontiguousarray(moved, dtype=np.bool_)
         rescore = join_kernels().rescore_edges
-        touched = _split(nb.shape[0], lambda lo, hi: rescore(nb, sim, vectors, moved, lo, hi))
+        touched = _split(nb.shape[0], lambda lo, hi: rescore(nb, sim, readable, moved, lo, hi))
         return KnnGraph(nb, sim) if sum(touched) else graph
     return _rescore_edges_numpy(graph, nb, sim, vectors, moved)
 
@@ -131,13 +132,15 @@ def join_rows(
 ) -> KnnGraph:
     """Rebuild `rows` from their neighbours' neighbours, then offer their edges back.
 
-    vectors: (N, d) current unit vectors; present: (N,) which nodes may be neighbours.
-    Each iteration compares every row with up to k + k^2 + random_candidates candidates; a
-    second iteration lets a row reach nodes that the first one brought into its neighbours'
-    rows. current: the graph's similarities are the current cosines (`rescore_edges` ran), so
-    a row's own entries are not scored again (a fifth of a join's dot products at expand
-    k / 2). Returns a new graph and leaves the input untouched, unless `in_place`: then the
-    input's arrays are rebuilt (an owner of them saves two copies of the lists at 1M).
+    vectors: (N, d) current unit vectors (compiled where `acceleration.kernel_vectors` takes
+    them: C-ordered float32, or float16 on a CPU that converts half floats; else numpy, the
+    same graph); present: (N,) which nodes may be neighbours. Each iteration compares every
+    row with up to k + k^2 + random_candidates candidates; a second iteration lets a row reach
+    nodes that the first one brought into its neighbours' rows. current: the graph's
+    similarities are the current cosines (`rescore_edges` ran), so a row's own entries are not
+    scored again (a fifth of a join's dot products at expand k / 2). Returns a new graph and
+    leaves the input untouched, unless `in_place`: then the input's arrays are rebuilt (an
+    owner of them saves two copies of the lists at 1M).
     ranks: (N,) each node's place in a walk of the graph (`walk_ranks`): the compiled pass
     rebuilds the rows in that order, which reads neighbourhoods while they are in the cache
     (the graph keeper's joins at 1M x 384: 0.8-0.9x the time of id order in most rounds, no
@@ -148,7 +151,7 @@ def join_rows(
     pool = np.flatnonzero(present).astype(np.int64)
     if row_ids.size == 0 or graph.k == 0 or pool.size < 2:
         return graph
-    compiled = _compiled(vectors)
+    readable = kernel_vectors(vectors)
     expand = graph.k if expand is None else min(expand, graph.k)
     active = row_ids
     previous = np.empty((0, graph.k), dtype=np.int32)  # what the last pass read (none yet)
@@ -156,14 +159,14 @@ def join_rows(
         picks = pool[rng.integers(0, pool.size, size=(active.size, random_candidates))]
         # Every row of a pass reads the graph as it was when the pass began (so the rows can
         # be rebuilt in any order, or block by block, and give the same graph).
-        if compiled:
+        if readable is not None:
             visit = (
                 np.arange(active.size, dtype=np.int64)
                 if ranks is None
                 else np.argsort(ranks[active], kind="stable").astype(np.int64)
             )
             best, best_sims, changed = _join_pass_compiled(
-                nb, sim, vectors, active, picks, visit, expand, current, previous
+                nb, sim, readable, active, picks, visit, expand, current, previous
             )
             if iteration + 1 < iterations:  # what the next pass, if any, compares with
                 previous = nb.copy()
@@ -175,7 +178,7 @@ def join_rows(
         # The compiled merge takes offers one by one, so slices in order give the same rows
         # while the int64 offer arrays stay small (all at once: 16 B per offer, 270 MB for
         # 850k rows of 20 at 1M, at the round's peak). The numpy merge sorts all at once.
-        step = _OFFER_ROWS if compiled else max(active.size, 1)
+        step = _OFFER_ROWS if readable is not None else max(active.size, 1)
         for lo in range(0, active.size, step):
             hi = min(active.size, lo + step)
             merge_edges(
@@ -214,7 +217,7 @@ def lists_of(
 def _join_pass_compiled(
     nb: npt.NDArray[np.int32],
     sim: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.floating],
+    vectors: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
     active: IdArray,
     picks: IdArray,
     visit: IdArray,
@@ -395,12 +398,6 @@ def _split(count: int, run: Callable[[int, int], _T]) -> list[_T]:
         return [run(0, count)]
     with ThreadPoolExecutor(parts) as pool:
         return list(pool.map(run, bounds[:-1], bounds[1:]))
-
-
-def _compiled(vectors: npt.NDArray[np.floating]) -> bool:
-    """The compiled kernels take C-ordered float32 vectors; float16 ones take the numpy path
-    (numba has no float16 arithmetic on the CPU)."""
-    return numba_enabled() and vectors.dtype == np.float32 and vectors.flags.c_contiguous
 
 
 def _sort_rows(nb: npt.NDArray[np.int32], sim: npt.NDArray[np.float32], rows: IdArray) -> None:

@@ -8,16 +8,69 @@ loops live in `core.kernels`. Each function is the compiled twin of the numpy pa
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import llvmlite.binding
 import numba
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir
+from numba.core import config, types
+from numba.extending import intrinsic
 
 from grace_selection.core.kernels import compiled
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+# -- float16 vectors ----------------------------------------------------------------------
+#
+# numba has no float16 type on the CPU, so float16 vectors reach the kernels as their bits
+# (a uint16 view) and every element read goes through `as_float32`: for uint16 it is LLVM's
+# half-to-float extension, one instruction (vcvtph2ps, vectorised with the dot) on an x86 CPU
+# with F16C and on any 64-bit ARM. Elsewhere LLVM would call a runtime helper that numba's
+# JIT does not link (tried: NUMBA_CPU_NAME=generic crashes the process), so there the vectors
+# take the numpy path instead (`HALF_FLOATS`).
+
+
+def _half_floats_in_hardware() -> bool:
+    cpu_name = getattr(config, "CPU_NAME", None)
+    if cpu_name not in (None, "host"):  # compiled for a named CPU, not this one
+        return "+f16c" in (getattr(config, "CPU_FEATURES", None) or "")
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    return bool(llvmlite.binding.get_host_cpu_features().get("f16c", False))
+
+
+HALF_FLOATS = _half_floats_in_hardware()
+
+
+def _as_float32_typing(typingctx: Any, value: Any) -> Any:
+    if value == types.float32:
+        return types.float32(value), lambda context, builder, sig, args: args[0]
+    if value == types.uint16:
+
+        def extend(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return types.float32(value), extend
+    return None
+
+
+# An element of the vectors as float32, inside a kernel: float32 as it is; uint16 (the bits of
+# a float16) converted exactly.
+as_float32 = cast(Callable[[Any], np.float32], intrinsic(_as_float32_typing))
+
+
+@compiled
+def widen_rows(bits: npt.NDArray[np.uint16], out: npt.NDArray[np.float32]) -> None:
+    """out[:] = the float16 rows whose bits are `bits`, as float32 (`core.recall`'s exact
+    search: numpy's conversion of a 65,536-row block took 56-740 ms here, this 5-6 ms)."""
+    for i in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            out[i, j] = as_float32(bits[i, j])
+
 
 # -- local joins (core.descent) --------------------------------------------------------------
 #
@@ -37,10 +90,10 @@ def _jit_dot(fn: _F) -> _F:
 
 
 @_jit_dot
-def _dot(vectors: npt.NDArray[np.float32], a: int, b: int) -> np.float32:
+def _dot(vectors: npt.NDArray[np.float32 | np.uint16], a: int, b: int) -> np.float32:
     acc = np.float32(0.0)
     for j in range(vectors.shape[1]):
-        acc += vectors[a, j] * vectors[b, j]
+        acc += as_float32(vectors[a, j]) * as_float32(vectors[b, j])
     return acc
 
 
@@ -77,7 +130,7 @@ def _keep_best(
 
 @_jit_dot
 def _dots16(
-    vectors: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32 | np.uint16],
     u: int,
     cand: npt.NDArray[np.int64],
     start: int,
@@ -99,23 +152,23 @@ def _dots16(
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
     b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.float32(0.0)
     for j in range(q.shape[0]):
-        x = q[j]
-        a0 += x * r0[j]
-        a1 += x * r1[j]
-        a2 += x * r2[j]
-        a3 += x * r3[j]
-        a4 += x * r4[j]
-        a5 += x * r5[j]
-        a6 += x * r6[j]
-        a7 += x * r7[j]
-        b0 += x * r8[j]
-        b1 += x * r9[j]
-        b2 += x * r10[j]
-        b3 += x * r11[j]
-        b4 += x * r12[j]
-        b5 += x * r13[j]
-        b6 += x * r14[j]
-        b7 += x * r15[j]
+        x = as_float32(q[j])
+        a0 += x * as_float32(r0[j])
+        a1 += x * as_float32(r1[j])
+        a2 += x * as_float32(r2[j])
+        a3 += x * as_float32(r3[j])
+        a4 += x * as_float32(r4[j])
+        a5 += x * as_float32(r5[j])
+        a6 += x * as_float32(r6[j])
+        a7 += x * as_float32(r7[j])
+        b0 += x * as_float32(r8[j])
+        b1 += x * as_float32(r9[j])
+        b2 += x * as_float32(r10[j])
+        b3 += x * as_float32(r11[j])
+        b4 += x * as_float32(r12[j])
+        b5 += x * as_float32(r13[j])
+        b6 += x * as_float32(r14[j])
+        b7 += x * as_float32(r15[j])
     out[0], out[1], out[2], out[3] = a0, a1, a2, a3
     out[4], out[5], out[6], out[7] = a4, a5, a6, a7
     out[8], out[9], out[10], out[11] = b0, b1, b2, b3
@@ -135,7 +188,7 @@ def _lists(nb: npt.NDArray[np.int32], row: int, width: int, item: int) -> bool:
 def join_rows_pass(
     nb: npt.NDArray[np.int32],
     sim: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32 | np.uint16],
     rows: npt.NDArray[np.int64],
     picks: npt.NDArray[np.int64],
     visit: npt.NDArray[np.int64],
@@ -294,7 +347,7 @@ def offer_edge(
 def rescore_edges(
     nb: npt.NDArray[np.int32],
     sim: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32 | np.uint16],
     moved: npt.NDArray[np.bool_],
     lo: int,
     hi: int,

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.acceleration import neighborhood_join_kernels, numba_enabled
+from grace_selection.core.acceleration import kernel_vectors, neighborhood_join_kernels
 from grace_selection.core.descent import merge_edges
 from grace_selection.core.graph import NO_NEIGHBOR, KnnGraph
 
@@ -56,8 +56,9 @@ def neighborhood_join(
     """One local-join pass over every node of `graph`; returns a new graph (the input is
     read, never written).
 
-    vectors: (N, d) current unit vectors (float32 runs compiled when numba is enabled; any
-    other dtype, or numba off, the numpy path: the same graph up to float32 rounding).
+    vectors: (N, d) current unit vectors (compiled where `acceleration.kernel_vectors` takes
+    them: C-ordered float32, or float16 on a CPU that converts half floats; else the numpy
+    path: the same graph up to float32 rounding).
     listed: how many of a node's neighbours join its neighbourhood (None: the whole list);
     reverse: how many of the nodes that list it; focus: (N,) compare only pairs with a focused
     end; ranks: each node's place in a walk of the graph (`descent.walk_ranks`), the order in
@@ -75,7 +76,8 @@ def neighborhood_join(
     nb, sim = frozen_nb.copy(), frozen_sim.copy()
     worst = np.where(frozen_nb[:, -1] != NO_NEIGHBOR, frozen_sim[:, -1], -np.inf).astype(np.float32)
     mask = np.zeros(0, np.bool_) if focus is None else np.ascontiguousarray(focus, np.bool_)
-    if numba_enabled() and vectors.dtype == np.float32 and vectors.flags.c_contiguous:
+    readable = kernel_vectors(vectors)
+    if readable is not None:
         kernels = neighborhood_join_kernels()
         rev = kernels.reverse_lists(frozen_nb, reverse)
         nodes = (
@@ -86,7 +88,7 @@ def neighborhood_join(
 
         def gather(lo: int, hi: int, out: Offers) -> tuple[int, int]:
             stop, count = kernels.neighborhood_offers(
-                frozen_nb, frozen_sim, worst, vectors, rev, nodes, lo, hi, listed, mask, *out
+                frozen_nb, frozen_sim, worst, readable, rev, nodes, lo, hi, listed, mask, *out
             )
             return int(stop), int(count)
 

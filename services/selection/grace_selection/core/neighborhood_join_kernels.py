@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.join_kernels import _jit_dot, offer_edge
+from grace_selection.core.join_kernels import _jit_dot, as_float32, offer_edge
 from grace_selection.core.kernels import compiled
 
 
@@ -40,7 +40,7 @@ def neighborhood_offers(
     nb: npt.NDArray[np.int32],
     sim: npt.NDArray[np.float32],
     worst: npt.NDArray[np.float32],
-    vectors: npt.NDArray[np.float32],
+    vectors: npt.NDArray[np.float32 | np.uint16],
     rev: npt.NDArray[np.int32],
     nodes: npt.NDArray[np.int64],
     lo: int,
@@ -96,9 +96,11 @@ def neighborhood_offers(
             if (own or focus[x]) and s > worst[x]:
                 out_dst[m], out_src[m], out_sim[m] = x, v, s
                 m += 1
-        for i in range(c):
-            rows[i] = vectors[members[i]]
-        rows[size] = vectors[v]
+        for i in range(c + 1):
+            x = members[i] if i < c else v
+            place = i if i < c else size
+            for j in range(vectors.shape[1]):
+                rows[place, j] = as_float32(vectors[x, j])
         # v's reverse neighbours are offered to v (they list v; v may not list them).
         for i in range(forward, c):
             x = members[i]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from grace_selection.core.acceleration import join_kernels, kernel_vectors
 from grace_selection.core.graph import KnnGraph
 
 # Rows sampled for the recall check after a refresh: 64 x k = 640 neighbour slots put the
@@ -40,9 +41,18 @@ def sampled_recall(
     best_ids = np.full((sample.size, k), -1, dtype=np.int64)
     best_sims = np.full((sample.size, k), -np.inf, dtype=np.float32)
     dense = ids.size == vectors.shape[0]  # every row embedded: slices, no gathered copies
+    # float16 rows are widened into one reused block by the compiled conversion where there
+    # is one (numpy's allocates and converts each block, about 1 s of a check at 1M).
+    bits = kernel_vectors(vectors) if vectors.dtype == np.float16 else None
+    shape = (min(_BLOCK_ROWS, ids.size), vectors.shape[1])
+    wide = None if bits is None else np.empty(shape, dtype=np.float32)
     for lo in range(0, ids.size, _BLOCK_ROWS):
         cols = ids[lo : lo + _BLOCK_ROWS]
-        block = vectors[lo : lo + cols.size] if dense else vectors[cols]
+        if bits is not None and wide is not None:
+            block = wide[: cols.size]
+            join_kernels().widen_rows(bits[lo : lo + cols.size] if dense else bits[cols], block)
+        else:
+            block = vectors[lo : lo + cols.size] if dense else vectors[cols]
         sims = queries @ block.astype(np.float32, copy=False).T  # (rows, block)
         # Never a row's own neighbour: cols is sorted, so each sampled row is found by search.
         at = np.minimum(np.searchsorted(cols, sample), cols.size - 1)
