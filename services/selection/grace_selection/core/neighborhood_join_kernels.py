@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from grace_selection.core.join_kernels import _jit_dot, as_float32, offer_edge
+from grace_selection.core.join_kernels import _jit_dot, offer_edge, widen_row
 from grace_selection.core.kernels import compiled
 
 
@@ -96,11 +96,9 @@ def neighborhood_offers(
             if (own or focus[x]) and s > worst[x]:
                 out_dst[m], out_src[m], out_sim[m] = x, v, s
                 m += 1
-        for i in range(c + 1):
-            x = members[i] if i < c else v
-            place = i if i < c else size
-            for j in range(vectors.shape[1]):
-                rows[place, j] = as_float32(vectors[x, j])
+        for i in range(c):
+            widen_row(vectors[members[i]], rows[i])
+        widen_row(vectors[v], rows[size])
         # v's reverse neighbours are offered to v (they list v; v may not list them).
         for i in range(forward, c):
             x = members[i]
